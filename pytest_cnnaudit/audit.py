@@ -1,0 +1,144 @@
+"""The audit of one model: open it, measure once, judge every layer with every check.
+
+This is the engine both the Python API (:func:`audit`) and the pytest plugin
+use; it never imports pytest. Checks that need more than the main pass (the
+colour probes, the fine-tuning probe) are *analyses*: functions of an
+:class:`AuditContext` that return their verdicts and report extras.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .backends import open_backend
+from .backends.base import Backend
+from .checks import unmeasurable_reason
+from .checks.dead_filters import check_dead_filters
+from .checks.sparsity import check_sparsity
+from .config import AuditConfig, ModelSpec, load_config
+
+from .measure import measure
+from .probes import ProbeSet, default_probe_set, user_probe_set
+from .result import AuditResult, LayerResult, ModelAudit, Verdict
+from .stats import ChannelStats
+
+#: Per-layer checks over the main pass's statistics, in item order.
+LAYER_CHECKS: dict[str, Callable[[LayerResult, Any], Verdict]] = {
+    "sparsity": check_sparsity,
+    "dead_filters": check_dead_filters,
+}
+
+
+@dataclass(frozen=True)
+class AuditContext:
+    """What an analysis may use: the open model, the main pass, the configuration."""
+
+    name: str
+    model: Path | Any
+    backend: Backend
+    config: AuditConfig
+    spec: ModelSpec
+    probes: ProbeSet
+    layers: tuple[LayerResult, ...]
+
+
+Analysis = Callable[[AuditContext], tuple[list[Verdict], dict[str, Any]]]
+#: Model-level analyses run after the main pass (registered by their modules below).
+ANALYSES: list[Analysis] = []
+
+
+def probe_set_for(config: AuditConfig, size: tuple[int, int]) -> ProbeSet:
+    """The configured probe images at the model's input size."""
+    probe = config.probe
+    if probe.images is None:
+        return default_probe_set(size, probe.count, probe.seed)
+    base = Path(config.source).parent if config.source else Path.cwd()
+    return user_probe_set(base / probe.images, size, probe.count, probe.seed)
+
+
+def layer_verdicts(config: AuditConfig, spec: ModelSpec, layer: LayerResult) -> list[Verdict]:
+    """Every per-layer check's verdict for ``layer`` (skipped ones with their reason)."""
+    checks = config.checks_for(spec, layer.id)
+    skip = config.skip_reason(layer.id)
+    unmeasurable = unmeasurable_reason(layer, config.probe.zero_eps)
+    verdicts = []
+    for name, check in LAYER_CHECKS.items():
+        limits = getattr(checks, name)
+        if not limits.enabled:
+            continue
+        if skip is not None:
+            verdicts.append(Verdict(name, layer.id, "skipped", f"skipped by the config: {skip}"))
+        elif unmeasurable is not None:
+            verdicts.append(Verdict(name, layer.id, "skipped", f"not measurable: {unmeasurable}"))
+        else:
+            verdicts.append(check(layer, limits))
+    return verdicts
+
+
+def _layer_results(backend: Backend, stats: dict[str, ChannelStats]) -> tuple[LayerResult, ...]:
+    return tuple(
+        LayerResult(
+            id=info.id,
+            op=info.op,
+            activation=info.activation,
+            channels=info.channels,
+            stats=stats.get(info.tensor) if info.tensor is not None else None,
+        )
+        for info in backend.layers
+    )
+
+
+def audit_model(model: Path | Any, config: AuditConfig, spec: ModelSpec | None = None) -> ModelAudit:
+    """Audit one model file (or ``nn.Module``); raises :class:`CnnAuditError` if it cannot be audited."""
+    name = str(model) if isinstance(model, Path) else type(model).__name__
+    if spec is None:
+        spec = config.model_spec(model) if isinstance(model, Path) else ModelSpec(path=name)
+    config_dir = Path(config.source).parent if config.source else Path.cwd()
+    backend = open_backend(model, spec, config_dir, config.probe.batch_size)
+    try:
+        probes = probe_set_for(config, backend.input_spec.size)  # type: ignore[arg-type]
+        stats = measure(backend, probes, config.probe.batch_size, config.probe.zero_eps)
+        layers = _layer_results(backend, stats)
+        verdicts = [v for layer in layers for v in layer_verdicts(config, spec, layer)]
+        extras: dict[str, Any] = {}
+        context = AuditContext(name, model, backend, config, spec, probes, layers)
+        for analysis in ANALYSES:
+            more_verdicts, more_extras = analysis(context)
+            verdicts.extend(more_verdicts)
+            extras.update(more_extras)
+    finally:
+        backend.close()
+    return ModelAudit(
+        path=name,
+        format=backend.format,
+        input=backend.input_spec,
+        probe={
+            "description": probes.description,
+            "count": probes.count,
+            "seed": probes.seed,
+            "batch_size": config.probe.batch_size,
+            "zero_eps": config.probe.zero_eps,
+        },
+        layers=layers,
+        verdicts=tuple(verdicts),
+        extras=extras,
+    )
+
+
+def audit(model: Path | str | Any, config: AuditConfig | Path | str | None = None) -> AuditResult:
+    """Audit one model: a file path (ONNX or torch) or an ``nn.Module``.
+
+    ``config`` is an :class:`AuditConfig`, a path to ``cnnaudit.yaml``, or None
+    for the defaults. Raises :class:`CnnAuditError` with a one-line message when
+    the model or the configuration cannot be used.
+    """
+    if not isinstance(config, AuditConfig):
+        config = load_config(config)
+    if isinstance(model, str):
+        model = Path(model)
+    return AuditResult(models=(audit_model(model, config),))
+
+
+

@@ -1,0 +1,43 @@
+"""Open a model with the right backend; the only place that picks one.
+
+Imports are lazy so that auditing an ONNX model never imports torch (seconds of
+start-up and gigabytes of libraries a pure-ONNX CI job does not need).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config import ModelSpec
+from ..errors import ModelError
+from .base import Backend, FirstConv, LayerInfo
+
+ONNX_SUFFIXES = (".onnx",)
+TORCH_SUFFIXES = (".pt", ".pth", ".pt2", ".ts", ".torchscript", ".safetensors", ".bin")
+MODEL_SUFFIXES = ONNX_SUFFIXES + TORCH_SUFFIXES
+
+
+def open_backend(model: Path | Any, spec: ModelSpec, config_dir: Path, batch_size: int) -> Backend:
+    """A ready backend for a model file (by extension) or an in-memory ``torch.nn.Module``."""
+    if not isinstance(model, Path):
+        from .torch import TorchBackend
+
+        return TorchBackend(model, "module", spec.input, type(model).__name__, batch_size)
+    if not model.exists():
+        raise ModelError(f"{model}: no such model file")
+    if model.is_dir():
+        raise ModelError(f"{model}: is a folder, not a model file")
+    if model.suffix.lower() in ONNX_SUFFIXES:
+        from .onnx import OnnxBackend
+
+        return OnnxBackend(model, spec.input)
+    if model.suffix.lower() in TORCH_SUFFIXES:
+        from .torch import TorchBackend, load_torch_module
+
+        loaded, format_name = load_torch_module(model, spec, config_dir)
+        return TorchBackend(loaded, format_name, spec.input, str(model), batch_size)
+    raise ModelError(f"{model}: unknown model format {model.suffix!r} (expected one of {', '.join(MODEL_SUFFIXES)})")
+
+
+__all__ = ["Backend", "FirstConv", "LayerInfo", "MODEL_SUFFIXES", "open_backend"]

@@ -1,0 +1,104 @@
+"""The one narrow interface every backend (ONNX, torch) implements.
+
+A backend knows how to open a model, which conv layers it has and which
+activation tensor follows each, and how to run one batch while handing each
+measured activation to a sink as soon as it exists. Everything else (probe
+images, statistics, checks) is backend-agnostic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+from ..config import InputSpec
+
+#: Activations whose inactive output is an exact zero: sparsity and dead
+#: filters are meaningful for them. Others (leaky_relu, prelu, silu, sigmoid,
+#: tanh, gelu, ...) have no true zeros and are skipped unless ``zero_eps > 0``.
+ZERO_PRODUCING = frozenset({"relu", "relu6", "clip", "hardswish"})
+
+#: Called with (tensor key, activation batch, channel axis) during a forward pass.
+ActivationSink = Callable[[str, np.ndarray, int], None]
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One conv layer and the activation measured for it."""
+
+    id: str  # ONNX: Conv node name (or its output); torch: module qualified name
+    op: str  # "Conv", "ConvTranspose"
+    activation: str | None  # "relu", "relu6", "hardswish", "silu", ...; None: no activation follows
+    channels: int
+    tensor: str | None  # backend key of the measured activation tensor; shared by layers feeding one Add
+
+
+@dataclass(frozen=True)
+class FirstConv:
+    """The first conv layer the image input reaches, with weights on the model's input channels."""
+
+    layer_id: str
+    weight: np.ndarray  # (out, in, kh, kw), input channels in the model's own order
+
+
+class Backend(Protocol):
+    """An opened model, ready to measure."""
+
+    format: str  # "onnx", "torchscript", "torch.export", "state_dict", "module"
+    layers: tuple[LayerInfo, ...]
+    fixed_batch: int | None  # the only batch size the model accepts, if it has one
+    input_spec: InputSpec  # every field resolved (from the model, the config or defaults)
+
+    def run(self, batch: np.ndarray, sink: ActivationSink) -> None:
+        """Run one batch of model input (``fixed_batch`` rows if set); call ``sink`` per measured tensor."""
+
+    def first_conv(self) -> FirstConv | None:
+        """The first conv layer's weights, or None when they are not constants."""
+
+    def close(self) -> None:
+        """Release runtime resources."""
+
+
+def resolve_input_spec(configured: InputSpec, shape: tuple[int | None, ...] | None, model: str) -> InputSpec:
+    """Fill the unset fields of ``configured`` from a 4-d input shape (None for unknown dims).
+
+    Layout: NHWC when the last dim is 1 or 3 and dim 1 is not; NCHW otherwise.
+    """
+    from ..errors import ModelError
+
+    layout = configured.layout
+    channels_dim: int | None = None
+    size: tuple[int, int] | None = None
+    if shape is not None:
+        if len(shape) != 4:
+            raise ModelError(f"{model}: image input has shape {list(shape)}, expected 4 dimensions (N, C, H, W)")
+        if layout is None:
+            layout = "NHWC" if shape[3] in (1, 3) and shape[1] not in (1, 3) else "NCHW"
+        channels_dim, height, width = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
+        if height is not None and width is not None:
+            size = (height, width)
+    layout = layout or "NCHW"
+    if configured.size is not None:
+        if size is not None and tuple(configured.size) != size:
+            raise ModelError(f"{model}: input.size {list(configured.size)} does not fit the model's fixed input {list(size)}")
+        size = configured.size
+    if size is None:
+        raise ModelError(f"{model}: the input size is not fixed in the model; set models[].input.size: [H, W]")
+    channels = configured.channels
+    if channels is None:
+        channels = "GRAY" if channels_dim == 1 else "RGB"
+    wanted = 1 if channels == "GRAY" else 3
+    if channels_dim is not None and channels_dim != wanted:
+        raise ModelError(f"{model}: input has {channels_dim} channels but input.channels is {channels}")
+    mean = configured.mean or (0.0,) * wanted
+    std = configured.std or (1.0,) * wanted
+    return InputSpec(
+        size=size,
+        layout=layout,
+        channels=channels,
+        scale=configured.scale,
+        mean=tuple(mean) * (wanted // len(mean)),
+        std=tuple(std) * (wanted // len(std)),
+    )

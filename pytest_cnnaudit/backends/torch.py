@@ -1,0 +1,320 @@
+"""PyTorch models: TorchScript, ``torch.export`` archives, state_dicts with a factory, nn.Modules.
+
+Why ``torch.export``: one graph representation for every torch format, in which
+the activation that follows each conv is found by walking the graph (as for
+ONNX), never guessed from module order; a ReLU module reused twice (ResNet's
+BasicBlock) is two graph nodes. A recording call is inserted after each
+activation node of a private copy of the graph, so statistics are computed as
+the forward pass goes and the user's module is never touched. TorchScript
+archives are converted with torch's own TorchScript-to-export converter.
+
+Loading is safe: ``torch.load(weights_only=True)`` always, and a pickled whole
+module is refused unless the config says ``trust_pickle: true``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..config import InputSpec, ModelSpec
+from ..errors import ModelError
+from .base import ActivationSink, FirstConv, LayerInfo, resolve_input_spec
+
+aten = torch.ops.aten
+CONV_TARGETS = {
+    aten.conv1d.default: "Conv",
+    aten.conv2d.default: "Conv",
+    aten.conv3d.default: "Conv",
+    aten.convolution.default: "Conv",
+    aten.conv_transpose2d.input: "ConvTranspose",
+}
+ACTIVATION_TARGETS = {
+    aten.relu.default: "relu",
+    aten.relu_.default: "relu",
+    aten.relu6.default: "relu6",
+    aten.hardswish.default: "hardswish",
+    aten.hardswish_.default: "hardswish",
+    aten.silu.default: "silu",
+    aten.silu_.default: "silu",
+    aten.leaky_relu.default: "leaky_relu",
+    aten.leaky_relu_.default: "leaky_relu",
+    aten.prelu.default: "prelu",
+    aten._prelu_kernel.default: "prelu",
+    aten.sigmoid.default: "sigmoid",
+    aten.gelu.default: "gelu",
+    aten.elu.default: "elu",
+    aten.tanh.default: "tanh",
+    aten.mish.default: "mish",
+    aten.hardsigmoid.default: "hard_sigmoid",
+}
+CHANNEL_PRESERVING_TARGETS = {
+    aten.batch_norm.default,
+    aten._native_batch_norm_legit_no_training.default,
+    aten.add.Tensor,
+    aten.add_.Tensor,
+    aten.mul.Tensor,
+    aten.sub.Tensor,
+    aten.div.Tensor,
+    aten.dropout.default,
+    aten.clone.default,
+}
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives are zips holding a ``code/`` folder; state_dicts hold only data."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
+
+
+def _import_factory(spec: ModelSpec, config_dir: Path) -> Callable[..., torch.nn.Module]:
+    """Import ``module:callable``, looking in the config file's folder first."""
+    module_name, _, attribute = (spec.factory or "").partition(":")
+    if not module_name or not attribute:
+        raise ModelError(f"{spec.path}: factory {spec.factory!r} must look like 'module:callable'")
+    sys.path.insert(0, str(config_dir))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelError(f"{spec.path}: cannot import factory module {module_name!r}: {exc}") from None
+    finally:
+        sys.path.remove(str(config_dir))
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise ModelError(f"{spec.path}: {module_name} has no callable {attribute!r}")
+    return factory
+
+
+def _state_dict_of(loaded: Any) -> dict[str, torch.Tensor] | None:
+    """A state_dict, also inside the common ``{"state_dict": ...}`` / ``{"model": ...}`` checkpoints."""
+    if isinstance(loaded, dict) and loaded and all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        return loaded
+    if isinstance(loaded, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if key in loaded:
+                return _state_dict_of(loaded[key])
+    return None
+
+
+def _load_file(path: Path, spec: ModelSpec) -> Any:
+    """What a torch file holds, loaded safely."""
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise ModelError(f"{path}: reading .safetensors needs the safetensors package (pip install safetensors)") from None
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+            raise ModelError(f"{path}: not a readable safetensors file: {exc}") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many unrelated types on bad bytes
+        if "weights_only" not in str(exc) and "Unsupported global" not in str(exc):
+            raise ModelError(f"{path}: not a readable torch file ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        if not spec.trust_pickle:
+            raise ModelError(
+                f"{path}: holds pickled Python objects (a whole module?), which can run code when loaded; "
+                "save a state_dict and name a factory, or set trust_pickle: true for this model if you trust the file"
+            ) from None
+    return torch.load(path, map_location="cpu", weights_only=False)  # the user opted in
+
+
+def load_torch_module(path: Path, spec: ModelSpec, config_dir: Path) -> tuple[torch.nn.Module | Any, str]:
+    """(module or ExportedProgram or ScriptModule, format name)."""
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    if path.suffix == ".pt2":
+        try:
+            return torch.export.load(str(path)), "torch.export"
+        except Exception as exc:  # noqa: BLE001
+            raise ModelError(f"{path}: not a readable torch.export archive ({type(exc).__name__}: {exc})") from None
+    if _is_torchscript(path):
+        try:
+            return torch.jit.load(str(path), map_location="cpu"), "torchscript"
+        except Exception as exc:  # noqa: BLE001
+            raise ModelError(f"{path}: not a readable TorchScript archive ({type(exc).__name__})") from None
+    loaded = _load_file(path, spec)
+    if isinstance(loaded, torch.nn.Module):
+        return loaded, "module"
+    state_dict = _state_dict_of(loaded)
+    if state_dict is None:
+        raise ModelError(f"{path}: holds neither a state_dict nor a module (got {type(loaded).__name__})")
+    if spec.factory is None:
+        raise ModelError(f"{path}: is a state_dict; name the architecture with models[].factory: 'module:callable'")
+    module = _import_factory(spec, config_dir)(**spec.factory_kwargs)
+    try:
+        module.load_state_dict(state_dict)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise ModelError(f"{path}: does not fit factory {spec.factory}: {detail}") from None
+    return module, "state_dict"
+
+
+def export_graph(model: Any, example: torch.Tensor, name: str) -> tuple[torch.fx.GraphModule, int | None]:
+    """A private GraphModule of the model (the user's module is not modified) and its fixed
+    batch size: a dynamic batch dimension where torch.export allows one, else the example's."""
+    if isinstance(model, torch.export.ExportedProgram):
+        return model.module(), _fixed_batch_of(model)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if isinstance(model, torch.jit.ScriptModule):
+                from torch._export.converter import TS2EPConverter
+
+                return TS2EPConverter(model, (example,)).convert().module(), example.shape[0]
+            dynamic = ({0: torch.export.Dim.AUTO},)
+            return torch.export.export(model.eval(), (example,), dynamic_shapes=dynamic).module(), None
+    except Exception as exc:  # noqa: BLE001 - export failures come in many types
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{name}: torch.export cannot trace the model: {message}") from None
+
+
+def _fixed_batch_of(program: torch.export.ExportedProgram) -> int | None:
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in program.graph_signature.user_inputs:
+            value = node.meta.get("val")
+            if value is not None and isinstance(value.shape[0], int):
+                return int(value.shape[0])
+    return None
+
+
+def _weight_name(node: torch.fx.Node) -> str | None:
+    weight = node.args[1] if len(node.args) > 1 else None
+    if isinstance(weight, torch.fx.Node) and weight.op == "get_attr":
+        return str(weight.target).removesuffix(".weight")
+    return None
+
+
+def _layer_id(node: torch.fx.Node) -> str:
+    """The conv module's qualified name, from its weight (works for TorchScript too)."""
+    name = _weight_name(node)
+    if name:
+        return name
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else node.name
+
+
+def _find_activation(node: torch.fx.Node) -> tuple[str, torch.fx.Node] | None:
+    """Walk from a conv node through channel-preserving ops to its activation."""
+    for _ in range(32):
+        users = list(node.users)
+        for user in users:
+            if user.target in ACTIVATION_TARGETS:
+                kind = ACTIVATION_TARGETS[user.target]
+                if kind == "sigmoid":  # x * sigmoid(x) is SiLU
+                    product = next((u for u in user.users if u.target == aten.mul.Tensor and node in u.args), None)
+                    if product is not None:
+                        return "silu", product
+                return kind, user
+            if user.target in (aten.hardtanh.default, aten.hardtanh_.default, aten.clamp.default):
+                low, high = (list(user.args[1:3]) + [None, None])[:2]
+                if low == 0:
+                    return ("relu6" if high == 6 else "clip"), user
+        if len(users) != 1 or users[0].target not in CHANNEL_PRESERVING_TARGETS:
+            return None
+        node = users[0]
+    return None
+
+
+def instrument(graph_module: torch.fx.GraphModule, record: Callable[[str, torch.Tensor], None]) -> tuple[LayerInfo, ...]:
+    """Insert ``record(key, activation)`` after each conv's activation; return the layers found."""
+    layers: list[LayerInfo] = []
+    recorded: set[str] = set()
+    for node in list(graph_module.graph.nodes):
+        if node.op != "call_function" or node.target not in CONV_TARGETS:
+            continue
+        weight = node.args[1]
+        channels = 0
+        if isinstance(weight, torch.fx.Node) and weight.op == "get_attr":
+            tensor = getattr_path(graph_module, str(weight.target))
+            transposed = CONV_TARGETS[node.target] == "ConvTranspose"
+            channels = int(tensor.shape[1] if transposed else tensor.shape[0])
+        found = _find_activation(node)
+        kind, activation = found if found is not None else (None, None)
+        key = activation.name if activation is not None else None
+        if activation is not None and key not in recorded:
+            recorded.add(key)
+            with graph_module.graph.inserting_after(activation):
+                graph_module.graph.call_function(record, (key, activation))
+        layers.append(LayerInfo(id=_layer_id(node), op=CONV_TARGETS[node.target], activation=kind, channels=channels, tensor=key))
+    graph_module.recompile()
+    return tuple(layers)
+
+
+def getattr_path(module: torch.nn.Module, dotted: str) -> torch.Tensor:
+    value: Any = module
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+class TorchBackend:
+    """A torch model opened for measurement."""
+
+    def __init__(self, model: Any, format: str, configured: InputSpec, name: str, batch_size: int) -> None:
+        self.format = format
+        self.name = name
+        self.input_spec = resolve_input_spec(configured, self._declared_shape(model), name)
+        example = torch.zeros((batch_size, *self._chw()), dtype=torch.float32)
+        self.graph_module, self.fixed_batch = export_graph(model, example, name)
+        self._sink: ActivationSink | None = None
+        self.layers = instrument(self.graph_module, self._record)
+        if not self.layers:
+            raise ModelError(f"{name}: the model has no convolution layer, so there is nothing to audit")
+
+    @staticmethod
+    def _declared_shape(model: Any) -> tuple[int | None, ...] | None:
+        """An ExportedProgram records its example input's shape; other formats do not."""
+        if isinstance(model, torch.export.ExportedProgram):
+            for node in model.graph.nodes:
+                if node.op == "placeholder" and node.name in model.graph_signature.user_inputs:
+                    value = node.meta.get("val")
+                    if value is not None:
+                        return (None, *(int(d) if isinstance(d, int) else None for d in value.shape[1:]))
+        return None
+
+    def _chw(self) -> tuple[int, int, int]:
+        spec = self.input_spec
+        channels = 1 if spec.channels == "GRAY" else 3
+        height, width = spec.size  # type: ignore[misc]
+        return (channels, height, width) if spec.layout == "NCHW" else (height, width, channels)
+
+    def _record(self, key: str, activation: torch.Tensor) -> None:
+        if self._sink is not None:
+            self._sink(key, activation.detach().numpy(), 1)
+
+    def run(self, batch: np.ndarray, sink: ActivationSink) -> None:
+        self._sink = sink
+        try:
+            with torch.no_grad():
+                self.graph_module(torch.from_numpy(batch))
+        except ModelError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of the user's model
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{self.name}: the model failed on a batch of shape {list(batch.shape)}: {message}") from None
+        finally:
+            self._sink = None
+
+    def first_conv(self) -> FirstConv | None:
+        for node in self.graph_module.graph.nodes:
+            if node.op == "call_function" and node.target in CONV_TARGETS:
+                name = _weight_name(node)
+                if name is None:
+                    return None
+                weight = getattr_path(self.graph_module, f"{name}.weight").detach().numpy()
+                return FirstConv(layer_id=_layer_id(node), weight=weight.astype(np.float32)) if weight.ndim == 4 else None
+        return None
+
+    def close(self) -> None:
+        self.graph_module = None  # type: ignore[assignment]

@@ -1,0 +1,481 @@
+"""The YAML configuration as frozen dataclasses, validated before any model loads.
+
+The dataclasses below are the single source of the configuration contract: the
+validator (:func:`load_config`) and the published JSON Schema
+(:mod:`pytest_cnnaudit.schema`) are both derived from their fields, so the two
+cannot drift apart. Each field's ``metadata`` carries its documentation and,
+for numbers, the allowed range.
+
+Every error names the file, the line, the dotted key, what was given and what
+is allowed; an unknown key also gets the nearest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from .errors import ConfigError
+
+
+def _doc(text: str, low: float | None = None, high: float | None = None, **extra: Any) -> dict[str, Any]:
+    return {"doc": text, "low": low, "high": high, **extra}
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    """Cross-field rule inside ``__post_init__``: raised as (key, message) and located by the loader."""
+    if not condition:
+        raise _FieldRuleError(key, message)
+
+
+class _FieldRuleError(ValueError):
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How probe images become model input. ``None`` means: read it from the model file."""
+
+    size: tuple[int, int] | None = field(default=None, metadata=_doc("input height and width in pixels", 1, 8192))
+    layout: Literal["NCHW", "NHWC"] | None = field(default=None, metadata=_doc("tensor layout of the image input"))
+    channels: Literal["RGB", "BGR", "GRAY"] | None = field(
+        default=None, metadata=_doc("channel order the model expects (GRAY: one luminance channel)")
+    )
+    scale: Literal[1, 255] = field(default=1, metadata=_doc("pixel range before normalisation: [0, 1] or [0, 255]"))
+    mean: tuple[float, ...] | None = field(
+        default=None, metadata=_doc("per-channel mean subtracted, in the model's channel order and scale")
+    )
+    std: tuple[float, ...] | None = field(
+        default=None, metadata=_doc("per-channel std divided by, in the model's channel order and scale")
+    )
+
+    def __post_init__(self) -> None:
+        _check(self.std is None or all(s > 0 for s in self.std), "std", "every std must be > 0")
+        if self.mean is not None and self.std is not None:
+            _check(len(self.mean) == len(self.std), "std", f"mean has {len(self.mean)} values, std {len(self.std)}")
+        if self.channels is not None:
+            wanted = 1 if self.channels == "GRAY" else 3
+            for key, values in (("mean", self.mean), ("std", self.std)):
+                _check(values is None or len(values) in (1, wanted), key, f"{self.channels} needs {wanted} values")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """The probe images run through every model once."""
+
+    images: str | None = field(
+        default=None, metadata=_doc("folder of images or (N, H, W, 3) .npy; default: the shipped photographs")
+    )
+    count: int = field(
+        default=32, metadata=_doc("number of probe images (24 photographs were used to set the defaults)", 1, 100000)
+    )
+    batch_size: int = field(default=16, metadata=_doc("images per forward pass; bounds peak memory", 1, 4096))
+    seed: int = field(default=0, metadata=_doc("seed of the crops and flips", 0, 2**32 - 1))
+    zero_eps: float = field(
+        default=0.0,
+        metadata=_doc(
+            "an activation counts as zero when |a| <= zero_eps; 0 counts exactly the inactive ReLU units", 0.0, None
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class SparsityCheck:
+    """Each layer's fraction of zero activations lies in [min, max].
+
+    Defaults: trained ImageNet CNNs measure 0.07-0.94 per layer (mostly 0.4-0.6);
+    [0.03, 0.97] passes all of those and still flags all-zero or fully dense maps.
+    """
+
+    enabled: bool = field(default=True, metadata=_doc("run this check"))
+    min: float = field(default=0.03, metadata=_doc("lowest allowed zero fraction", 0.0, 1.0))
+    max: float = field(default=0.97, metadata=_doc("highest allowed zero fraction", 0.0, 1.0))
+
+    def __post_init__(self) -> None:
+        _check(self.min <= self.max, "min", f"min {self.min} > max {self.max}")
+
+
+@dataclass(frozen=True)
+class DeadFiltersCheck:
+    """No layer has more never-active channels than allowed.
+
+    Defaults: trained ImageNet CNNs have 0.3-10% never-active channels overall, so
+    "none at all" is a team's choice (``max_count: 0``), not a default; 25% per layer
+    is beyond what those networks show and catches a collapsed layer.
+    """
+
+    enabled: bool = field(default=True, metadata=_doc("run this check"))
+    max_count: int | None = field(default=None, metadata=_doc("most dead channels allowed per layer", 0, None))
+    max_fraction: float = field(default=0.25, metadata=_doc("largest dead fraction allowed per layer", 0.0, 1.0))
+
+
+@dataclass(frozen=True)
+class LrSanityCheck:
+    """A short fine-tuning probe at ``lr`` must not kill filters (off unless enabled)."""
+
+    enabled: bool = field(default=False, metadata=_doc("run the fine-tuning probe (costs training steps)"))
+    lr: float = field(default=0.01, metadata=_doc("learning rate the team intends to fine-tune with", 0.0, None))
+    optimizer: Literal["sgd", "adam", "adamw"] = field(default="sgd", metadata=_doc("optimizer of the probe"))
+    momentum: float = field(default=0.9, metadata=_doc("SGD momentum", 0.0, 1.0))
+    weight_decay: float = field(default=0.0, metadata=_doc("weight decay", 0.0, None))
+    steps: int = field(default=20, metadata=_doc("training steps of the probe", 1, 100000))
+    batch_size: int = field(default=8, metadata=_doc("images per training step", 1, 4096))
+    objective: Literal["self", "labels", "random"] = field(
+        default="self", metadata=_doc("self: the model's own outputs; labels: labels_dir; random: seeded labels")
+    )
+    labels_dir: str | None = field(default=None, metadata=_doc("ImageFolder-style directory for objective: labels"))
+    max_new_dead: float = field(
+        default=0, metadata=_doc("newly dead filters allowed per layer: a count (>= 1) or a fraction (< 1)", 0, None)
+    )
+    sweep: bool = field(default=False, metadata=_doc("sweep a log grid of rates and report the max safe rate"))
+
+    def __post_init__(self) -> None:
+        _check(self.objective != "labels" or self.labels_dir is not None, "labels_dir", "objective labels needs it")
+
+
+@dataclass(frozen=True)
+class FirstLayerColor:
+    """What the first conv layer's colour use must be."""
+
+    expect: Literal["sensitive", "invariant"] | None = field(
+        default=None, metadata=_doc("expected colour use; unset: measured and reported only")
+    )
+    min_selective_fraction: float = field(
+        default=0.2,
+        metadata=_doc("sensitive: least fraction of colour-selective filters (trained nets: 20-40%)", 0.0, 1.0),
+    )
+    max_sensitivity: float = field(
+        default=0.05, metadata=_doc("invariant: largest chromatic energy fraction of any filter", 0.0, 1.0)
+    )
+    csi_threshold: float = field(
+        default=0.5, metadata=_doc("a filter is colour-selective above this chromatic fraction / CSI", 0.0, 1.0)
+    )
+
+
+@dataclass(frozen=True)
+class LayerColorBound:
+    """Per-layer bound on the fraction of colour-selective channels, by glob on layer ids."""
+
+    match: str = field(default="*", metadata=_doc("glob on layer ids"))
+    min_selective_fraction: float = field(default=0.0, metadata=_doc("least selective fraction", 0.0, 1.0))
+    max_selective_fraction: float = field(default=1.0, metadata=_doc("largest selective fraction", 0.0, 1.0))
+
+    def __post_init__(self) -> None:
+        _check(
+            self.min_selective_fraction <= self.max_selective_fraction,
+            "min_selective_fraction",
+            f"{self.min_selective_fraction} > max_selective_fraction {self.max_selective_fraction}",
+        )
+
+
+@dataclass(frozen=True)
+class ColorCheck:
+    """Colour sensitivity of the first conv layer, and a colour profile of every layer."""
+
+    enabled: bool = field(default=True, metadata=_doc("run this check"))
+    first_layer: FirstLayerColor = field(default_factory=FirstLayerColor, metadata=_doc("first conv layer"))
+    layers: tuple[LayerColorBound, ...] = field(default=(), metadata=_doc("optional per-layer bounds"))
+
+
+@dataclass(frozen=True)
+class ChecksConfig:
+    """Thresholds of every check."""
+
+    sparsity: SparsityCheck = field(default_factory=SparsityCheck, metadata=_doc("activation sparsity"))
+    dead_filters: DeadFiltersCheck = field(default_factory=DeadFiltersCheck, metadata=_doc("never-active channels"))
+    lr_sanity: LrSanityCheck = field(default_factory=LrSanityCheck, metadata=_doc("learning-rate probe"))
+    color: ColorCheck = field(default_factory=ColorCheck, metadata=_doc("colour sensitivity"))
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """Overrides for the layers whose id matches ``match`` (a glob), or a skip with a reason."""
+
+    match: str = field(default="*", metadata=_doc("glob on layer ids, e.g. 'layer4.*'"))
+    skip: str | None = field(default=None, metadata=_doc("skip these layers' items with this reason"))
+    checks: dict[str, Any] = field(
+        default_factory=dict, metadata=_doc("partial checks section applied to these layers", overrides=ChecksConfig)
+    )
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to audit."""
+
+    path: str = field(default="", metadata=_doc("model file, relative to the config file"))
+    factory: str | None = field(
+        default=None, metadata=_doc("module:callable building the architecture of a state_dict")
+    )
+    factory_kwargs: dict[str, Any] = field(default_factory=dict, metadata=_doc("keyword arguments of the factory"))
+    trust_pickle: bool = field(default=False, metadata=_doc("allow unpickling a whole module (runs code!)"))
+    input: InputSpec = field(default_factory=InputSpec, metadata=_doc("input spec; unset fields come from the model"))
+    checks: dict[str, Any] = field(
+        default_factory=dict, metadata=_doc("partial checks section for this model", overrides=ChecksConfig)
+    )
+
+    def __post_init__(self) -> None:
+        _check(bool(self.path), "path", "every model needs a path")
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """What counts as a regression against a saved baseline."""
+
+    sparsity_tolerance: float = field(default=0.05, metadata=_doc("largest allowed move of a layer's sparsity", 0, 1))
+    dead_growth: int = field(default=0, metadata=_doc("dead channels a layer may gain", 0, None))
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The whole ``cnnaudit.yaml``."""
+
+    models: tuple[ModelSpec, ...] = field(default=(), metadata=_doc("models to audit besides command-line paths"))
+    probe: ProbeConfig = field(default_factory=ProbeConfig, metadata=_doc("probe images"))
+    checks: ChecksConfig = field(default_factory=ChecksConfig, metadata=_doc("check thresholds"))
+    layers: tuple[LayerRule, ...] = field(default=(), metadata=_doc("per-layer overrides and skips by glob"))
+    baseline: BaselineConfig = field(default_factory=BaselineConfig, metadata=_doc("baseline comparison"))
+    source: str | None = field(default=None, metadata=_doc("", internal=True))
+
+    def model_spec(self, path: Path) -> ModelSpec:
+        """The YAML entry for ``path`` (matched by resolved path), or defaults."""
+        base = Path(self.source).parent if self.source else Path.cwd()
+        for spec in self.models:
+            if (base / spec.path).resolve() == path.resolve():
+                return spec
+        return ModelSpec(path=str(path))
+
+    def checks_for(self, model: ModelSpec, layer_id: str | None = None) -> ChecksConfig:
+        """Global checks, then the model's overrides, then matching layer rules in file order."""
+        checks = apply_overrides(self.checks, model.checks)
+        if layer_id is not None:
+            for rule in self.layers:
+                if fnmatch.fnmatchcase(layer_id, rule.match):
+                    checks = apply_overrides(checks, rule.checks)
+        return checks
+
+    def skip_reason(self, layer_id: str) -> str | None:
+        for rule in self.layers:
+            if rule.skip is not None and fnmatch.fnmatchcase(layer_id, rule.match):
+                return rule.skip
+        return None
+
+
+def apply_overrides(base: Any, overrides: dict[str, Any]) -> Any:
+    """``base`` with the (already validated) partial ``overrides`` dict applied, recursively."""
+    changes = {}
+    for key, value in overrides.items():
+        current = getattr(base, key)
+        changes[key] = apply_overrides(current, value) if dataclasses.is_dataclass(current) else value
+    return dataclasses.replace(base, **changes) if changes else base
+
+
+# --------------------------------------------------------------------------- YAML with line numbers
+
+
+class _LinedDict(dict):
+    """A mapping that remembers the line of each key (1-based) and of itself."""
+
+    line: int = 0
+    key_lines: dict[str, int]
+
+
+class _LineLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _LinedDict:
+    mapping = _LinedDict()
+    mapping.line = node.start_mark.line + 1
+    mapping.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in mapping:
+            raise ConfigError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}")
+        mapping[key] = loader.construct_object(value_node, deep=True)
+        mapping.key_lines[str(key)] = key_node.start_mark.line + 1
+    return mapping
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where a value sits: file, dotted key, line."""
+
+    file: str
+    path: str
+    line: int
+
+    def child(self, key: str | int, line: int) -> _Where:
+        path = f"{self.path}[{key}]" if isinstance(key, int) else (f"{self.path}.{key}" if self.path else key)
+        return _Where(self.file, path, line)
+
+    def error(self, message: str) -> ConfigError:
+        return ConfigError(f"{self.file}:{self.line}: {self.path or 'top level'}: {message}")
+
+
+def load_config(path: Path | str | None) -> AuditConfig:
+    """Read and validate ``cnnaudit.yaml``; ``None`` gives the defaults."""
+    if path is None:
+        return AuditConfig()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc}") from None
+    return parse_config(text, str(path))
+
+
+def parse_config(text: str, source: str = "<config>") -> AuditConfig:
+    """Validate YAML text against :class:`AuditConfig`."""
+    try:
+        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+    except ConfigError as exc:
+        raise ConfigError(f"{source}:{str(exc).removeprefix('line ')}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{source}{line}: not valid YAML: {problem}") from None
+    if data is None:
+        data = _LinedDict()
+        data.line, data.key_lines = 1, {}
+    config = _build(AuditConfig, data, _Where(source, "", 1))
+    return dataclasses.replace(config, source=source)
+
+
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+
+
+def _build(cls: type, data: Any, where: _Where, partial: bool = False) -> Any:
+    """Validate ``data`` (a mapping) against dataclass ``cls``; partial returns a dict of overrides."""
+    if not isinstance(data, dict):
+        raise where.error(f"expected a mapping of {', '.join(_fields(cls))}, got {_describe(data)}")
+    fields = _fields(cls)
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for key, raw in data.items():
+        line = getattr(data, "key_lines", {}).get(str(key), where.line)
+        if key not in fields:
+            raise _unknown_key(str(key), fields, where.child(str(key), line))
+        child = where.child(key, line)
+        overrides = fields[key].metadata.get("overrides")
+        if overrides is not None:
+            values[key] = _build(overrides, raw, child, partial=True)
+        else:
+            values[key] = _convert(hints[key], raw, child, partial)
+            _check_range(values[key], fields[key].metadata, child)
+    if partial:
+        _validate_partial(cls, values, where)
+        return values
+    try:
+        return cls(**values)
+    except _FieldRuleError as exc:
+        line = getattr(data, "key_lines", {}).get(exc.key, where.line)
+        raise where.child(exc.key, line).error(str(exc)) from None
+
+
+def _validate_partial(cls: type, values: dict[str, Any], where: _Where) -> None:
+    """A partial override must still make a valid object when applied to the defaults."""
+    try:
+        apply_overrides(cls(), values)
+    except _FieldRuleError as exc:
+        raise where.child(exc.key, where.line).error(str(exc)) from None
+
+
+def _unknown_key(key: str, fields: dict[str, Any], where: _Where) -> ConfigError:
+    nearest = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
+    hint = f"; did you mean {nearest[0]!r}?" if nearest else ""
+    return where.error(f"unknown key {key!r}{hint} (valid keys: {', '.join(fields)})")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing (null)"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _convert(hint: Any, raw: Any, where: _Where, partial: bool) -> Any:
+    """Convert one YAML value to ``hint``; raise a located error with got/expected."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if raw is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, raw, where, partial)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, raw, where, partial)
+    if origin is Literal:
+        if raw not in args or isinstance(raw, bool):
+            raise where.error(f"got {_describe(raw)}, expected one of {', '.join(map(str, args))}")
+        return raw
+    if origin is tuple:
+        return _convert_tuple(args, raw, where, partial)
+    if origin is dict or hint is dict:
+        if not isinstance(raw, dict):
+            raise where.error(f"got {_describe(raw)}, expected a mapping")
+        return dict(raw)
+    return _convert_scalar(hint, raw, where)
+
+
+def _convert_tuple(args: tuple, raw: Any, where: _Where, partial: bool) -> tuple:
+    if not isinstance(raw, list):
+        raise where.error(f"got {_describe(raw)}, expected a list")
+    if len(args) == 2 and args[1] is Ellipsis:
+        item_types = [args[0]] * len(raw)
+    else:
+        if len(raw) != len(args):
+            raise where.error(f"got {len(raw)} values, expected {len(args)}")
+        item_types = list(args)
+    return tuple(_convert(t, item, where.child(i, _line_of(item, where)), partial) for i, (t, item) in enumerate(zip(item_types, raw)))
+
+
+def _line_of(item: Any, where: _Where) -> int:
+    return getattr(item, "line", where.line)
+
+
+def _convert_scalar(hint: type, raw: Any, where: _Where) -> Any:
+    if hint is bool:
+        if not isinstance(raw, bool):
+            raise where.error(f"got {_describe(raw)}, expected true or false")
+        return raw
+    if hint in (int, float):
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or (hint is int and not float(raw).is_integer()):
+            raise where.error(f"got {_describe(raw)}, expected {'an integer' if hint is int else 'a number'}")
+        return hint(raw)
+    if hint is str:
+        if not isinstance(raw, str):
+            raise where.error(f"got {_describe(raw)}, expected a string")
+        return raw
+    if hint is typing.Any:
+        return raw
+    raise TypeError(f"unsupported config type {hint!r}")  # a bug in the dataclasses above
+
+
+def _check_range(value: Any, meta: dict[str, Any], where: _Where) -> None:
+    """Numbers (and tuples of numbers) must lie in the field's [low, high]."""
+    low, high = meta.get("low"), meta.get("high")
+    if low is None and high is None:
+        return
+    for number in value if isinstance(value, tuple) else (value,):
+        if isinstance(number, (int, float)) and not isinstance(number, bool):
+            if (low is not None and number < low) or (high is not None and number > high):
+                allowed = f"{low if low is not None else '-inf'} .. {high if high is not None else 'inf'}"
+                raise where.error(f"got {number!r}, expected a value in {allowed}")

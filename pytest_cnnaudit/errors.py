@@ -1,0 +1,24 @@
+"""The project's exceptions: each carries one message a user can act on.
+
+Why a hierarchy: the pytest layer turns :class:`ConfigError` into a usage error
+(before any model loads) and :class:`ModelError` into a failed item for that
+model only; anything else is a bug in this project and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class CnnAuditError(Exception):
+    """Base class: the message is complete and shown without a traceback."""
+
+
+class ConfigError(CnnAuditError):
+    """The YAML configuration or a command-line option is invalid."""
+
+
+class ModelError(CnnAuditError):
+    """A model file cannot be loaded, analysed or run."""
+
+
+class ProbeError(CnnAuditError):
+    """The probe images cannot be read."""
