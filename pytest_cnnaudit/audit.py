@@ -8,17 +8,17 @@ colour probes, the fine-tuning probe) are *analyses*: functions of an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Protocol
 
 from .backends import open_backend
-from .backends.base import Backend
+from .backends.base import Backend, LayerInfo
 from .checks import unmeasurable_reason
 from .checks.dead_filters import check_dead_filters
 from .checks.sparsity import check_sparsity
 from .config import AuditConfig, ModelSpec, load_config
-
 from .measure import measure
 from .probes import ProbeSet, default_probe_set, user_probe_set
 from .result import AuditResult, LayerResult, ModelAudit, Verdict
@@ -44,9 +44,43 @@ class AuditContext:
     layers: tuple[LayerResult, ...]
 
 
-Analysis = Callable[[AuditContext], tuple[list[Verdict], dict[str, Any]]]
-#: Model-level analyses run after the main pass (registered by their modules below).
+class Analysis(Protocol):
+    """A model-level analysis beyond the main pass (colour probes, fine-tuning probe)."""
+
+    name: str
+
+    def plan(self, config: AuditConfig, spec: ModelSpec, layers: tuple[LayerInfo, ...]) -> list[str | None]:
+        """Layer ids (None: the model as a whole) it will give a verdict for, known before measuring."""
+
+    def run(self, context: AuditContext) -> tuple[list[Verdict], dict[str, Any]]:
+        """Its verdicts and the extras it adds to the report."""
+
+
+#: Model-level analyses, run after the main pass in this order.
 ANALYSES: list[Analysis] = []
+
+
+@dataclass
+class OpenedModel:
+    """A model whose backend is open: its layers are known, nothing is measured yet."""
+
+    name: str
+    model: Path | Any
+    spec: ModelSpec
+    config: AuditConfig
+    backend: Backend
+
+    def planned_items(self) -> list[tuple[str, str | None]]:
+        """(check, layer id or None) of every verdict the audit will give, in report order."""
+        items: list[tuple[str, str | None]] = []
+        for layer in self.backend.layers:
+            checks = self.config.checks_for(self.spec, layer.id)
+            items.extend((name, layer.id) for name in LAYER_CHECKS if getattr(checks, name).enabled)
+        for analysis in ANALYSES:
+            items.extend(
+                (analysis.name, layer_id) for layer_id in analysis.plan(self.config, self.spec, self.backend.layers)
+            )
+        return items
 
 
 def probe_set_for(config: AuditConfig, size: tuple[int, int]) -> ProbeSet:
@@ -90,28 +124,39 @@ def _layer_results(backend: Backend, stats: dict[str, ChannelStats]) -> tuple[La
     )
 
 
-def audit_model(model: Path | Any, config: AuditConfig, spec: ModelSpec | None = None) -> ModelAudit:
-    """Audit one model file (or ``nn.Module``); raises :class:`CnnAuditError` if it cannot be audited."""
-    name = str(model) if isinstance(model, Path) else type(model).__name__
+def open_model(
+    model: Path | Any, config: AuditConfig, spec: ModelSpec | None = None, name: str | None = None
+) -> OpenedModel:
+    """Open a model file (or ``nn.Module``); raises :class:`CnnAuditError` if it cannot be used.
+
+    ``name`` is how reports call the model (the pytest plugin passes the path relative to the rootdir).
+    """
+    name = name or (str(model) if isinstance(model, Path) else type(model).__name__)
     if spec is None:
         spec = config.model_spec(model) if isinstance(model, Path) else ModelSpec(path=name)
     config_dir = Path(config.source).parent if config.source else Path.cwd()
     backend = open_backend(model, spec, config_dir, config.probe.batch_size)
+    return OpenedModel(name, model, spec, config, backend)
+
+
+def run_audit(opened: OpenedModel) -> ModelAudit:
+    """Measure once, then judge every layer with every check; closes the backend."""
+    config, spec, backend = opened.config, opened.spec, opened.backend
     try:
         probes = probe_set_for(config, backend.input_spec.size)  # type: ignore[arg-type]
         stats = measure(backend, probes, config.probe.batch_size, config.probe.zero_eps)
         layers = _layer_results(backend, stats)
         verdicts = [v for layer in layers for v in layer_verdicts(config, spec, layer)]
         extras: dict[str, Any] = {}
-        context = AuditContext(name, model, backend, config, spec, probes, layers)
+        context = AuditContext(opened.name, opened.model, backend, config, spec, probes, layers)
         for analysis in ANALYSES:
-            more_verdicts, more_extras = analysis(context)
+            more_verdicts, more_extras = analysis.run(context)
             verdicts.extend(more_verdicts)
             extras.update(more_extras)
     finally:
         backend.close()
     return ModelAudit(
-        path=name,
+        path=opened.name,
         format=backend.format,
         input=backend.input_spec,
         probe={
@@ -127,6 +172,11 @@ def audit_model(model: Path | Any, config: AuditConfig, spec: ModelSpec | None =
     )
 
 
+def audit_model(model: Path | Any, config: AuditConfig, spec: ModelSpec | None = None) -> ModelAudit:
+    """Open, measure and judge one model."""
+    return run_audit(open_model(model, config, spec))
+
+
 def audit(model: Path | str | Any, config: AuditConfig | Path | str | None = None) -> AuditResult:
     """Audit one model: a file path (ONNX or torch) or an ``nn.Module``.
 
@@ -139,6 +189,3 @@ def audit(model: Path | str | Any, config: AuditConfig | Path | str | None = Non
     if isinstance(model, str):
         model = Path(model)
     return AuditResult(models=(audit_model(model, config),))
-
-
-

@@ -340,7 +340,7 @@ def load_config(path: Path | str | None) -> AuditConfig:
 def parse_config(text: str, source: str = "<config>") -> AuditConfig:
     """Validate YAML text against :class:`AuditConfig`."""
     try:
-        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_LineLoader)
     except ConfigError as exc:
         raise ConfigError(f"{source}:{str(exc).removeprefix('line ')}") from None
     except yaml.YAMLError as exc:
@@ -444,7 +444,10 @@ def _convert_tuple(args: tuple, raw: Any, where: _Where, partial: bool) -> tuple
         if len(raw) != len(args):
             raise where.error(f"got {len(raw)} values, expected {len(args)}")
         item_types = list(args)
-    return tuple(_convert(t, item, where.child(i, _line_of(item, where)), partial) for i, (t, item) in enumerate(zip(item_types, raw)))
+    return tuple(
+        _convert(t, item, where.child(i, _line_of(item, where)), partial)
+        for i, (t, item) in enumerate(zip(item_types, raw))
+    )
 
 
 def _line_of(item: Any, where: _Where) -> int:

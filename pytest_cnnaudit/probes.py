@@ -16,11 +16,12 @@ Images leave this module as float32 RGB in [0, 1], shape (N, H, W, 3);
 from __future__ import annotations
 
 import colorsys
+from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -48,7 +49,7 @@ def _read_rgb(path: Path | str) -> np.ndarray:
         raise ProbeError(f"probe image {path} cannot be read: {exc}") from None
 
 
-@lru_cache(maxsize=None)
+@cache
 def _shipped_photo(name: str) -> np.ndarray:
     ref = resources.files("pytest_cnnaudit") / "data" / "photos" / name
     with resources.as_file(ref) as path:
@@ -146,7 +147,9 @@ def user_probe_set(images: Path, size: tuple[int, int], count: int | None, seed:
         if array.ndim != 4 or array.shape[-1] != 3:
             raise ProbeError(f"probe.images: {images} has shape {array.shape}, expected (N, H, W, 3) RGB")
         available = int(array.shape[0])
-        return ProbeSet(f"{images} ({available} images)", size, min(count or available, available), seed, (), str(images))
+        return ProbeSet(
+            f"{images} ({available} images)", size, min(count or available, available), seed, (), str(images)
+        )
     files = sorted(str(p) for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ProbeError(f"probe.images: {images} holds no image files ({', '.join(IMAGE_SUFFIXES)})")

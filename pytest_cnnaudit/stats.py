@@ -73,7 +73,8 @@ class ChannelAccumulator:
         per_input_sum = values.sum(axis=2, dtype=np.float64)
         batch_mean = per_input_sum.sum(axis=0) / n
         centred = per_input_sum / positions - batch_mean  # (N, C)
-        within = np.square(values).sum(axis=2, dtype=np.float64) - per_input_sum**2 / positions
+        # Squares summed in float64: float32 squares lose a large-offset channel's variance entirely.
+        within = np.einsum("ncp,ncp->nc", values, values, dtype=np.float64) - per_input_sum**2 / positions
         batch_m2 = np.maximum(within, 0.0).sum(axis=0) + positions * np.square(centred).sum(axis=0)
         self._merge(n, zeros, per_input_max.max(axis=0).astype(np.float64), batch_mean, batch_m2)
         self._input_max.append(per_input_max.astype(np.float32))

@@ -8,8 +8,9 @@ images, statistics, checks) is backend-agnostic.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -76,13 +77,17 @@ def resolve_input_spec(configured: InputSpec, shape: tuple[int | None, ...] | No
             raise ModelError(f"{model}: image input has shape {list(shape)}, expected 4 dimensions (N, C, H, W)")
         if layout is None:
             layout = "NHWC" if shape[3] in (1, 3) and shape[1] not in (1, 3) else "NCHW"
-        channels_dim, height, width = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
+        channels_dim, height, width = (
+            (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
+        )
         if height is not None and width is not None:
             size = (height, width)
     layout = layout or "NCHW"
     if configured.size is not None:
         if size is not None and tuple(configured.size) != size:
-            raise ModelError(f"{model}: input.size {list(configured.size)} does not fit the model's fixed input {list(size)}")
+            raise ModelError(
+                f"{model}: input.size {list(configured.size)} does not fit the model's fixed input {list(size)}"
+            )
         size = configured.size
     if size is None:
         raise ModelError(f"{model}: the input size is not fixed in the model; set models[].input.size: [H, W]")

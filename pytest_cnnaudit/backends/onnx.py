@@ -29,7 +29,9 @@ def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
         target = (folder / location).resolve()
         if Path(location).is_absolute() or not target.is_relative_to(folder):
-            raise ModelError(f"{path}: external data {location!r} of tensor {tensor.name!r} lies outside the model's folder")
+            raise ModelError(
+                f"{path}: external data {location!r} of tensor {tensor.name!r} lies outside the model's folder"
+            )
         if not target.is_file():
             raise ModelError(f"{path}: external data file {location!r} of tensor {tensor.name!r} is missing")
 
@@ -38,14 +40,14 @@ def load_onnx_model(path: Path) -> onnx.ModelProto:
     """Parse, check external data, then load it; every failure is one clear line."""
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - protobuf raises several unrelated types on bad bytes
+    except Exception as exc:
         raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from None
     if not model.graph.node:
         raise ModelError(f"{path}: not a readable ONNX model (the graph has no nodes; truncated or not ONNX?)")
     _check_external_data(model, path)
     try:
         onnx.external_data_helper.load_external_data_for_model(model, str(path.resolve().parent))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ModelError(f"{path}: cannot read its external data: {exc}") from None
     return model
 
@@ -77,7 +79,7 @@ class OnnxBackend:
             raise ModelError(f"{path}: the model has no Conv or ConvTranspose layer, so there is nothing to audit")
         self.session = self._session(model, threads)
 
-    def _session(self, model: onnx.ModelProto, threads: int | None):  # noqa: ANN202 - ort types are lazy
+    def _session(self, model: onnx.ModelProto, threads: int | None):
         import onnxruntime as ort
 
         existing = {o.name for o in model.graph.output}
@@ -90,7 +92,7 @@ class OnnxBackend:
             options.intra_op_num_threads = threads
         try:
             return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        except Exception as exc:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"{self.path}: onnxruntime cannot load the model: {first_line}") from None
 
@@ -98,9 +100,11 @@ class OnnxBackend:
         names = list(self.channel_axes)
         try:
             outputs = self.session.run(names, {self.input_name: batch})
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+        except Exception as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"{self.path}: onnxruntime failed on a batch of shape {list(batch.shape)}: {message}") from None
+            raise ModelError(
+                f"{self.path}: onnxruntime failed on a batch of shape {list(batch.shape)}: {message}"
+            ) from None
         for name, value in zip(names, outputs):
             sink(name, value, self.channel_axes[name])
 
@@ -114,4 +118,3 @@ class OnnxBackend:
 
     def close(self) -> None:
         self.session = None
-

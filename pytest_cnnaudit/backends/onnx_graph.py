@@ -202,7 +202,7 @@ def tensor_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     """Shapes from ONNX shape inference (unknown dims as None); empty when inference fails."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - inference is a best-effort fallback for channel counts
+    except Exception:
         return {}
     shapes: dict[str, list[int | None]] = {}
     for info in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):

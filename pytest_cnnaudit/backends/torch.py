@@ -18,8 +18,9 @@ import importlib
 import sys
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -111,16 +112,20 @@ def _load_file(path: Path, spec: ModelSpec) -> Any:
         try:
             from safetensors.torch import load_file
         except ImportError:
-            raise ModelError(f"{path}: reading .safetensors needs the safetensors package (pip install safetensors)") from None
+            raise ModelError(
+                f"{path}: reading .safetensors needs the safetensors package (pip install safetensors)"
+            ) from None
         try:
             return load_file(str(path))
-        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        except Exception as exc:
             raise ModelError(f"{path}: not a readable safetensors file: {exc}") from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch.load raises many unrelated types on bad bytes
+    except Exception as exc:
         if "weights_only" not in str(exc) and "Unsupported global" not in str(exc):
-            raise ModelError(f"{path}: not a readable torch file ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+            raise ModelError(
+                f"{path}: not a readable torch file ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+            ) from None
         if not spec.trust_pickle:
             raise ModelError(
                 f"{path}: holds pickled Python objects (a whole module?), which can run code when loaded; "
@@ -136,12 +141,12 @@ def load_torch_module(path: Path, spec: ModelSpec, config_dir: Path) -> tuple[to
     if path.suffix == ".pt2":
         try:
             return torch.export.load(str(path)), "torch.export"
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise ModelError(f"{path}: not a readable torch.export archive ({type(exc).__name__}: {exc})") from None
     if _is_torchscript(path):
         try:
             return torch.jit.load(str(path), map_location="cpu"), "torchscript"
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise ModelError(f"{path}: not a readable TorchScript archive ({type(exc).__name__})") from None
     loaded = _load_file(path, spec)
     if isinstance(loaded, torch.nn.Module):
@@ -174,7 +179,7 @@ def export_graph(model: Any, example: torch.Tensor, name: str) -> tuple[torch.fx
                 return TS2EPConverter(model, (example,)).convert().module(), example.shape[0]
             dynamic = ({0: torch.export.Dim.AUTO},)
             return torch.export.export(model.eval(), (example,), dynamic_shapes=dynamic).module(), None
-    except Exception as exc:  # noqa: BLE001 - export failures come in many types
+    except Exception as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{name}: torch.export cannot trace the model: {message}") from None
 
@@ -226,7 +231,9 @@ def _find_activation(node: torch.fx.Node) -> tuple[str, torch.fx.Node] | None:
     return None
 
 
-def instrument(graph_module: torch.fx.GraphModule, record: Callable[[str, torch.Tensor], None]) -> tuple[LayerInfo, ...]:
+def instrument(
+    graph_module: torch.fx.GraphModule, record: Callable[[str, torch.Tensor], None]
+) -> tuple[LayerInfo, ...]:
     """Insert ``record(key, activation)`` after each conv's activation; return the layers found."""
     layers: list[LayerInfo] = []
     recorded: set[str] = set()
@@ -246,7 +253,9 @@ def instrument(graph_module: torch.fx.GraphModule, record: Callable[[str, torch.
             recorded.add(key)
             with graph_module.graph.inserting_after(activation):
                 graph_module.graph.call_function(record, (key, activation))
-        layers.append(LayerInfo(id=_layer_id(node), op=CONV_TARGETS[node.target], activation=kind, channels=channels, tensor=key))
+        layers.append(
+            LayerInfo(id=_layer_id(node), op=CONV_TARGETS[node.target], activation=kind, channels=channels, tensor=key)
+        )
     graph_module.recompile()
     return tuple(layers)
 
@@ -300,9 +309,11 @@ class TorchBackend:
                 self.graph_module(torch.from_numpy(batch))
         except ModelError:
             raise
-        except Exception as exc:  # noqa: BLE001 - any failure of the user's model
+        except Exception as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"{self.name}: the model failed on a batch of shape {list(batch.shape)}: {message}") from None
+            raise ModelError(
+                f"{self.name}: the model failed on a batch of shape {list(batch.shape)}: {message}"
+            ) from None
         finally:
             self._sink = None
 
@@ -313,7 +324,9 @@ class TorchBackend:
                 if name is None:
                     return None
                 weight = getattr_path(self.graph_module, f"{name}.weight").detach().numpy()
-                return FirstConv(layer_id=_layer_id(node), weight=weight.astype(np.float32)) if weight.ndim == 4 else None
+                return (
+                    FirstConv(layer_id=_layer_id(node), weight=weight.astype(np.float32)) if weight.ndim == 4 else None
+                )
         return None
 
     def close(self) -> None:

@@ -15,8 +15,7 @@ def unmeasurable_reason(layer: LayerResult, zero_eps: float) -> str | None:
         return "no activation follows this conv (a linear projection), so it has no zeros to count"
     if layer.activation not in ZERO_PRODUCING and zero_eps <= 0:
         return (
-            f"its activation ({layer.activation}) has no true zeros; "
-            "set probe.zero_eps > 0 to count near-zero values"
+            f"its activation ({layer.activation}) has no true zeros; set probe.zero_eps > 0 to count near-zero values"
         )
     if layer.stats is None:
         return "its activation was not measured"

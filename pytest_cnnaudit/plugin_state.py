@@ -1,0 +1,24 @@
+"""The plugin's per-run state, kept in ``config.stash`` (never on ``config`` itself)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from .config import AuditConfig
+
+
+@dataclass
+class PluginState:
+    """Validated once in ``pytest_configure``; records gathered from item reports (controller side)."""
+
+    audit_config: AuditConfig
+    config_path: str | None
+    baseline: dict[str, Any] | None = None
+    records: list[dict[str, Any]] = field(default_factory=list)
+    outcomes: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+STATE = pytest.StashKey[PluginState]()
