@@ -298,7 +298,8 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _LinedDic
     mapping.line = node.start_mark.line + 1
     mapping.key_lines = {}
     for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
+        # Keys are taken as written: YAML 1.1 would turn a key like ``no`` or ``on`` into a boolean.
+        key = key_node.value if isinstance(key_node, yaml.ScalarNode) else loader.construct_object(key_node, deep=True)
         if key in mapping:
             raise ConfigError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}")
         mapping[key] = loader.construct_object(value_node, deep=True)

@@ -16,7 +16,9 @@ from onnx import numpy_helper
 SIZE = 16
 
 
-def two_conv_model(dead_conv1: tuple[int, ...] = (), dead_conv2: tuple[int, ...] = (), seed: int = 0) -> onnx.ModelProto:
+def two_conv_model(
+    dead_conv1: tuple[int, ...] = (), dead_conv2: tuple[int, ...] = (), seed: int = 0
+) -> onnx.ModelProto:
     """image (N,3,16,16) -> conv1 (8 ch) -> Relu -> conv2 (6 ch) -> Relu -> GlobalAveragePool.
 
     Channels listed in ``dead_conv1`` / ``dead_conv2`` get zero weights and bias -50.

@@ -51,10 +51,14 @@ def test_planted_dead_channels_fail_exactly_their_item(
     pytester: pytest.Pytester, healthy: Path, planted: Path, mode: str
 ) -> None:
     strict_dead_config(pytester)
-    result = pytester.runpytest("--cnnaudit", "healthy.onnx", "planted.onnx", "--cnnaudit-json", "r.json", *XDIST_MODES[mode])
+    result = pytester.runpytest(
+        "--cnnaudit", "healthy.onnx", "planted.onnx", "--cnnaudit-json", "r.json", *XDIST_MODES[mode]
+    )
     result.assert_outcomes(passed=7, failed=1)
     result.stdout.fnmatch_lines(
-        ["*planted.onnx :: dead_filters[[]conv2[]]: 2 of 6 channels never active (33.3%) > max_count 0*channels [[]1, 4[]]"]
+        [
+            "*planted.onnx :: dead_filters[[]conv2[]]: 2 of 6 channels never active (33.3%) > max_count 0*channels [[]1, 4[]]"
+        ]
     )
     report = json.loads((pytester.path / "r.json").read_text())
     outcomes = {(m["path"], c["check"], c["layer"]): c["outcome"] for m in report["models"] for c in m["checks"]}
@@ -75,7 +79,9 @@ def test_report_is_identical_with_and_without_xdist(pytester: pytest.Pytester, h
 def test_healthy_model_passes_at_defaults_and_summary_shows_layers(pytester: pytest.Pytester, healthy: Path) -> None:
     result = pytester.runpytest("--cnnaudit", "healthy.onnx")
     result.assert_outcomes(passed=4)
-    result.stdout.fnmatch_lines(["*cnnaudit 0.*: config defaults*seed 0*", "*= cnnaudit =*", "healthy.onnx", "*conv1*8*"])
+    result.stdout.fnmatch_lines(
+        ["*cnnaudit 0.*: config defaults*seed 0*", "*= cnnaudit =*", "healthy.onnx", "*conv1*8*"]
+    )
 
 
 def test_k_selects_items_by_layer(pytester: pytest.Pytester, planted: Path) -> None:
@@ -121,7 +127,9 @@ def test_baseline_save_then_compare_catches_a_regression(pytester: pytest.Pytest
     result.assert_outcomes(passed=6)
     save(two_conv_model(dead_conv2=(1, 4)), pytester.path / "healthy.onnx")  # the next release regressed
     result = pytester.runpytest("--cnnaudit", "healthy.onnx", "--cnnaudit-baseline", "base.json")
-    result.assert_outcomes(passed=4, failed=2)  # dead_filters passes (2 of 6 <= 25%), baseline and sparsity of conv2 fail
+    result.assert_outcomes(
+        passed=4, failed=2
+    )  # dead_filters passes (2 of 6 <= 25%), baseline and sparsity of conv2 fail
     result.stdout.fnmatch_lines(["*baseline[[]conv2[]]: dead channels grew from 0 to 2 (new: [[]1, 4[]]*"])
 
 
