@@ -105,7 +105,8 @@ class ProbeSet:
         if self.npy_path is not None:
             array = np.load(self.npy_path, mmap_mode="r", allow_pickle=False)
             image = np.asarray(array[index], dtype=np.float32)
-            if image.max(initial=0.0) > 1.0:
+            # Integer arrays are 0-255 whatever one image's brightness; floats above 1 are too.
+            if np.issubdtype(array.dtype, np.integer) or image.max(initial=0.0) > 1.0:
                 image = image / 255.0
             if image.shape[:2] != self.size:
                 image = _resize(image, self.size)

@@ -10,6 +10,7 @@ model's folder before onnx or onnxruntime reads a byte of it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -71,15 +72,23 @@ class OnnxBackend:
             names = ", ".join(i.name for i in inputs)
             raise ModelError(f"{path}: expected one image input, found {len(inputs)} ({names})")
         self.input_name = inputs[0].name
-        shape = _input_shape(inputs[0])
+        shape = _input_shape(inputs[0]) or None  # a model may declare no input shape at all
         self.fixed_batch = shape[0] if shape else None
         self.input_spec = resolve_input_spec(configured, shape, str(path))
         self.layers, self.channel_axes = conv_layers(self.graph)
         if not self.layers:
             raise ModelError(f"{path}: the model has no Conv or ConvTranspose layer, so there is nothing to audit")
-        self.session = self._session(model, threads)
+        self._model, self._threads = model, threads
+        self._session_handle: Any = None
 
-    def _session(self, model: onnx.ModelProto, threads: int | None):
+    @property
+    def session(self) -> Any:
+        """Created on first use: listing layers (pytest collection) never starts onnxruntime."""
+        if self._session_handle is None:
+            self._session_handle = self._create_session(self._model, self._threads)
+        return self._session_handle
+
+    def _create_session(self, model: onnx.ModelProto, threads: int | None):
         import onnxruntime as ort
 
         existing = {o.name for o in model.graph.output}
@@ -117,4 +126,4 @@ class OnnxBackend:
         return FirstConv(layer_id=layer.id, weight=weight.astype(np.float32))
 
     def close(self) -> None:
-        self.session = None
+        self._session_handle = None

@@ -41,7 +41,18 @@ ACTIVATION_OPS = {
 }
 #: Ops that keep one value per channel in place (the channel axis moves only through Transpose).
 CHANNEL_PRESERVING = frozenset(
-    {"BatchNormalization", "InstanceNormalization", "Add", "Sub", "Mul", "Div", "Identity", "Dropout", "Transpose"}
+    {
+        "BatchNormalization",
+        "InstanceNormalization",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Identity",
+        "Dropout",
+        "Transpose",
+        "MaxPool",  # max-pooling commutes with a ReLU after it: the same units are dead either way
+    }
 )
 
 

@@ -66,6 +66,7 @@ CHANNEL_PRESERVING_TARGETS = {
     aten.div.Tensor,
     aten.dropout.default,
     aten.clone.default,
+    aten.max_pool2d.default,  # commutes with a ReLU after it: the same units are dead either way
 }
 
 
@@ -122,16 +123,25 @@ def _load_file(path: Path, spec: ModelSpec) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        if "weights_only" not in str(exc) and "Unsupported global" not in str(exc):
-            raise ModelError(
-                f"{path}: not a readable torch file ({type(exc).__name__}: {str(exc).splitlines()[0]})"
-            ) from None
+        # Only "Unsupported global" means a pickle of Python objects; corrupt bytes also fail the
+        # weights-only unpickler, with a message that mentions weights_only too.
+        if "Unsupported global" not in str(exc):
+            raise ModelError(f"{path}: not a readable torch file ({_load_failure(exc)})") from None
         if not spec.trust_pickle:
             raise ModelError(
                 f"{path}: holds pickled Python objects (a whole module?), which can run code when loaded; "
                 "save a state_dict and name a factory, or set trust_pickle: true for this model if you trust the file"
             ) from None
-    return torch.load(path, map_location="cpu", weights_only=False)  # the user opted in
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)  # the user opted in
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot unpickle the file ({_load_failure(exc)})") from None
+
+
+def _load_failure(exc: Exception) -> str:
+    """The unpickler's own complaint, not torch's advice to turn weights_only off."""
+    lines = str(exc).split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def load_torch_module(path: Path, spec: ModelSpec, config_dir: Path) -> tuple[torch.nn.Module | Any, str]:

@@ -1,0 +1,158 @@
+"""Models for tests, built in code: ONNX graphs from text syntax and small torch CNNs with planted weights.
+
+Why planted weights: a test that asserts "channels 1 and 5 of conv2 are dead" must
+know the answer without running the code under test. A channel whose filter is
+all zeros and whose bias is negative outputs a negative constant, so its ReLU is
+zero for every input. Every other filter is zero-mean, so it answers edges with
+both signs and is active on any textured image.
+
+Import from a test module as ``from modelbuilders import ...`` (pytest puts
+``tests/`` on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+#: Bias of a planted dead channel: with an all-zero filter its output is this constant.
+DEAD_BIAS = -1.0
+
+
+# --------------------------------------------------------------------------- ONNX
+
+
+def onnx_model(text: str, initializers: Mapping[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """Parse a model written in ONNX text syntax, add ``initializers`` (name -> array), check it.
+
+    Weights go in ``initializers`` rather than the text so that a test reads as a graph,
+    not as a wall of numbers.
+    """
+    model = onnx.parser.parse_model(text)
+    for name, value in (initializers or {}).items():
+        model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def save_onnx(model: onnx.ModelProto, path: Path) -> Path:
+    """Write ``model`` to ``path`` and return the path."""
+    onnx.save(model, str(path))
+    return path
+
+
+def conv_weight(out_channels: int, in_channels: int, kernel: int = 3, seed: int = 0) -> np.ndarray:
+    """(out, in, k, k) float32 filters, each zero-mean (an edge detector), He-scaled."""
+    rng = np.random.default_rng(seed)
+    weight = rng.normal(
+        0.0, np.sqrt(2.0 / (in_channels * kernel * kernel)), (out_channels, in_channels, kernel, kernel)
+    )
+    weight -= weight.mean(axis=(1, 2, 3), keepdims=True)
+    return weight.astype(np.float32)
+
+
+def conv_bias(out_channels: int, seed: int = 0) -> np.ndarray:
+    """Small random biases (|b| <= 0.05): units stay on both sides of zero."""
+    return np.random.default_rng(seed + 1000).uniform(-0.05, 0.05, out_channels).astype(np.float32)
+
+
+def plant_dead(weight: np.ndarray, bias: np.ndarray, channels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of (weight, bias) in which ``channels`` output :data:`DEAD_BIAS` for every input."""
+    weight, bias = weight.copy(), bias.copy()
+    weight[list(channels)] = 0.0
+    bias[list(channels)] = DEAD_BIAS
+    return weight, bias
+
+
+def conv_initializers(
+    prefix: str, out_channels: int, in_channels: int, kernel: int = 3, seed: int = 0, dead: Sequence[int] = ()
+) -> dict[str, np.ndarray]:
+    """``{prefix + "_w": weight, prefix + "_b": bias}`` for one conv, with ``dead`` channels planted."""
+    weight, bias = plant_dead(conv_weight(out_channels, in_channels, kernel, seed), conv_bias(out_channels, seed), dead)
+    return {f"{prefix}_w": weight, f"{prefix}_b": bias}
+
+
+# --------------------------------------------------------------------------- torch
+
+
+class SmallConvNet(nn.Module):
+    """conv1 (3->w) + ReLU, conv2 (w->w) + ReLU, conv3 (w->w) + ReLU, global average pool, linear (w->4).
+
+    Takes NCHW RGB in [0, 1]; each ReLU is its own module, every conv has a bias.
+    """
+
+    CONVS = ("conv1", "conv2", "conv3")
+
+    def __init__(self, width: int = 8, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.conv3 = nn.Conv2d(width, width, 3, padding=1)
+        self.relu3 = nn.ReLU()
+        self.head = nn.Linear(width, 4)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.relu1(self.conv1(image))
+        x = self.relu2(self.conv2(x))
+        x = self.relu3(self.conv3(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def small_convnet(
+    dead: Mapping[str, Sequence[int]] | None = None, width: int = 8, seed: int = 0, in_channels: int = 3
+) -> SmallConvNet:
+    """A :class:`SmallConvNet` with zero-mean filters and, per layer name, planted dead channels.
+
+    ``dead={"conv2": (1, 5)}`` makes exactly channels 1 and 5 of ``conv2`` never active;
+    every other channel of every layer is active on textured images.
+    """
+    net = SmallConvNet(width=width, in_channels=in_channels)
+    dead = dict(dead or {})
+    unknown = set(dead) - set(SmallConvNet.CONVS)
+    if unknown:
+        raise ValueError(f"no conv layer named {sorted(unknown)} (layers: {SmallConvNet.CONVS})")
+    with torch.no_grad():
+        for index, name in enumerate(SmallConvNet.CONVS):
+            conv = getattr(net, name)
+            out_channels, fan_in = conv.weight.shape[:2]
+            weight, bias = plant_dead(
+                conv_weight(out_channels, fan_in, conv.weight.shape[-1], seed + index),
+                conv_bias(out_channels, seed + index),
+                dead.get(name, ()),
+            )
+            conv.weight.copy_(torch.from_numpy(weight))
+            conv.bias.copy_(torch.from_numpy(bias))
+    return net.eval()
+
+
+def export_onnx(
+    module: torch.nn.Module, path: Path, size: tuple[int, int] = (32, 32), opset: int = 17, batch: int | None = None
+) -> Path:
+    """Export with torch's TorchScript-based exporter (what most deployed ONNX files come from).
+
+    The input is named ``image``; ``batch=None`` leaves the batch dimension dynamic.
+    """
+    example = torch.zeros(batch or 1, 3, *size)
+    dynamic_axes = {"image": {0: "batch"}} if batch is None else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter is chosen on purpose
+        torch.onnx.export(
+            module.eval(),
+            (example,),
+            str(path),
+            input_names=["image"],
+            output_names=["logits"],
+            opset_version=opset,
+            dynamic_axes=dynamic_axes,
+            dynamo=False,
+        )
+    return path

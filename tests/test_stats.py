@@ -1,0 +1,151 @@
+"""ChannelAccumulator: streamed statistics equal whole-array numpy for any split into batches."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from pytest_cnnaudit.stats import ChannelAccumulator, ChannelStats
+
+FINITE = st.floats(min_value=-100.0, max_value=100.0, width=32, allow_nan=False, allow_infinity=False)
+#: Exact zeros are what the audit counts, so they come up often; so do tiny values near an eps.
+ELEMENTS = st.one_of(st.just(0.0), st.just(-0.0), st.floats(-(2.0**-10), 2.0**-10, width=32), FINITE)
+
+
+@st.composite
+def activations(draw: st.DrawFn) -> np.ndarray:
+    """An (N, C, H, W) float32 array; some channels are all zero (dead)."""
+    shape = draw(st.tuples(st.integers(1, 6), st.integers(1, 5), st.integers(1, 4), st.integers(1, 4)))
+    array = draw(hnp.arrays(np.float32, shape, elements=ELEMENTS))
+    dead = draw(hnp.arrays(np.bool_, shape[1]))
+    array[:, dead] = 0.0
+    return array
+
+
+@st.composite
+def splits(draw: st.DrawFn, n: int) -> list[int]:
+    """Batch boundaries: any composition of ``n`` into positive parts."""
+    cuts = draw(st.sets(st.integers(1, n - 1), max_size=n - 1)) if n > 1 else set()
+    return sorted(cuts)
+
+
+def accumulate(array: np.ndarray, cuts: list[int], eps: float = 0.0, channel_axis: int = 1) -> ChannelStats:
+    accumulator = ChannelAccumulator(eps)
+    for batch in np.split(array, cuts, axis=0):
+        accumulator.update(batch, channel_axis)
+    return accumulator.result()
+
+
+def assert_matches_numpy(stats: ChannelStats, nchw: np.ndarray, eps: float = 0.0) -> None:
+    """Compare with numpy over the whole (N, C, H, W) array, computed in float64."""
+    n, c, h, w = nchw.shape
+    values = nchw.astype(np.float64)
+    zero = np.abs(values) <= eps
+    assert stats.count == n * h * w
+    np.testing.assert_array_equal(stats.zeros, zero.sum(axis=(0, 2, 3)))
+    np.testing.assert_array_equal(stats.max, values.max(axis=(0, 2, 3)))
+    scale = max(1.0, float(np.abs(values).max()))
+    np.testing.assert_allclose(stats.mean, values.mean(axis=(0, 2, 3)), rtol=1e-9, atol=1e-12 * scale)
+    # Variance is compared at float32 precision of the values' scale: inputs are float32.
+    np.testing.assert_allclose(stats.var, values.var(axis=(0, 2, 3)), rtol=1e-6, atol=1e-7 * scale**2)
+    assert stats.dead_channels == tuple(int(i) for i in np.flatnonzero(zero.all(axis=(0, 2, 3))))
+    np.testing.assert_array_equal(stats.input_max, nchw.max(axis=(2, 3)))
+    np.testing.assert_allclose(stats.input_mean, values.mean(axis=(2, 3)), rtol=1e-6, atol=1e-6 * scale)
+    assert stats.channels == c
+    assert stats.sparsity == pytest.approx(zero.sum() / zero.size)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_any_split_matches_whole_array(data: st.DataObject) -> None:
+    array = data.draw(activations())
+    cuts = data.draw(splits(array.shape[0]))
+    assert_matches_numpy(accumulate(array, cuts), array)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_channels_last_matches_channels_first(data: st.DataObject) -> None:
+    nchw = data.draw(activations())
+    cuts = data.draw(splits(nchw.shape[0]))
+    nhwc = np.ascontiguousarray(nchw.transpose(0, 2, 3, 1))
+    assert_matches_numpy(accumulate(nhwc, cuts, channel_axis=3), nchw)
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data(), eps=st.sampled_from([1e-6, 1e-4, 1e-3, 0.5]))
+def test_eps_counts_near_zero_values(data: st.DataObject, eps: float) -> None:
+    array = data.draw(activations())
+    cuts = data.draw(splits(array.shape[0]))
+    assert_matches_numpy(accumulate(array, cuts, eps=eps), array, eps=eps)
+
+
+def test_eps_zero_counts_only_exact_zeros() -> None:
+    batch = np.array([0.0, -0.0, 1e-30, -1e-30, 2.0, -2.0], dtype=np.float32).reshape(1, 1, 2, 3)
+    exact = accumulate(batch, [])
+    assert exact.zeros.tolist() == [2]
+    assert exact.dead_channels == ()
+    near = accumulate(batch, [], eps=1e-20)
+    assert near.zeros.tolist() == [4]
+    everything = accumulate(batch, [], eps=2.0)
+    assert everything.zeros.tolist() == [6]
+    assert everything.dead_channels == (0,)
+
+
+def test_negative_only_channel_is_not_dead() -> None:
+    """Dead means zero, not 'not positive': a leaky unit's negative outputs are activity."""
+    batch = np.full((2, 1, 3, 3), -0.01, dtype=np.float32)
+    stats = accumulate(batch, [1])
+    assert stats.dead_channels == ()
+    assert stats.sparsity == 0.0
+    assert accumulate(batch, [1], eps=0.01).dead_channels == (0,)
+
+
+def test_large_offset_keeps_variance() -> None:
+    """Channels whose values sit far from zero with a small spread (BN-shifted maps) keep their variance."""
+    rng = np.random.default_rng(0)
+    array = (1000.0 + rng.normal(0.0, 0.01, size=(8, 3, 16, 16))).astype(np.float32)
+    stats = accumulate(array, [3, 5])
+    expected = array.astype(np.float64).var(axis=(0, 2, 3))
+    np.testing.assert_allclose(stats.var, expected, rtol=1e-3)
+
+
+def test_result_before_update_raises() -> None:
+    with pytest.raises(ValueError, match="no batch"):
+        ChannelAccumulator().result()
+
+
+def test_keeps_no_reference_to_batches() -> None:
+    """Memory stays bounded: once the caller drops a batch, nothing inside keeps it alive."""
+    accumulator = ChannelAccumulator()
+    refs = []
+    for seed in range(3):
+        batch = np.random.default_rng(seed).normal(size=(4, 8, 16, 16)).astype(np.float32)
+        refs.append(weakref.ref(batch))
+        accumulator.update(batch)
+        nhwc = np.ascontiguousarray(batch.transpose(0, 2, 3, 1))
+        refs.append(weakref.ref(nhwc))
+        accumulator.update(nhwc, channel_axis=3)
+        del batch, nhwc
+    gc.collect()
+    assert all(ref() is None for ref in refs)
+    stats = accumulator.result()
+    assert stats.input_max.shape == (24, 8)
+    assert not np.shares_memory(stats.input_max, stats.input_mean)
+
+
+def test_accumulated_state_does_not_grow_with_positions() -> None:
+    """Per-channel state is (C,); only the per-image summaries grow, by one row per image."""
+    accumulator = ChannelAccumulator()
+    for _ in range(5):
+        accumulator.update(np.ones((2, 4, 64, 64), dtype=np.float32))
+    stats = accumulator.result()
+    assert stats.zeros.shape == stats.max.shape == stats.mean.shape == stats.var.shape == (4,)
+    assert stats.input_max.shape == stats.input_mean.shape == (10, 4)
+    assert stats.count == 10 * 64 * 64
