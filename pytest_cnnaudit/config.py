@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -121,31 +122,70 @@ class DeadFiltersCheck:
 
 @dataclass(frozen=True)
 class LrSanityCheck:
-    """A short fine-tuning probe at ``lr`` must not kill filters (off unless enabled)."""
+    """A short fine-tuning probe at ``lr`` must not kill filters (off unless enabled: it trains).
+
+    Defaults: SGD with momentum 0.9 at 0.01 is the usual fine-tuning recipe of ImageNet
+    CNNs (they train from scratch at 0.1); a rate that kills filters does so within the
+    first few updates, so 20 steps of 8 images find it at the cost of 20 training steps;
+    a healthy rate kills none in that time, so none may die (``max_new_dead: 0``).
+    """
 
     enabled: bool = field(default=False, metadata=_doc("run the fine-tuning probe (costs training steps)"))
     lr: float = field(default=0.01, metadata=_doc("learning rate the team intends to fine-tune with", 0.0, None))
     optimizer: Literal["sgd", "adam", "adamw"] = field(default="sgd", metadata=_doc("optimizer of the probe"))
-    momentum: float = field(default=0.9, metadata=_doc("SGD momentum", 0.0, 1.0))
-    weight_decay: float = field(default=0.0, metadata=_doc("weight decay", 0.0, None))
-    steps: int = field(default=20, metadata=_doc("training steps of the probe", 1, 100000))
-    batch_size: int = field(default=8, metadata=_doc("images per training step", 1, 4096))
-    objective: Literal["self", "labels", "random"] = field(
-        default="self", metadata=_doc("self: the model's own outputs; labels: labels_dir; random: seeded labels")
+    momentum: float = field(
+        default=0.9, metadata=_doc("SGD momentum (adam and adamw use their default betas)", 0.0, 1.0)
     )
-    labels_dir: str | None = field(default=None, metadata=_doc("ImageFolder-style directory for objective: labels"))
+    weight_decay: float = field(default=0.0, metadata=_doc("weight decay (decoupled for adamw)", 0.0, None))
+    steps: int = field(default=20, metadata=_doc("training steps of the probe", 1, 100000))
+    batch_size: int = field(
+        default=8, metadata=_doc("images per training step (a model with a fixed batch size uses its own)", 1, 4096)
+    )
+    objective: Literal["self", "labels", "random"] = field(
+        default="self",
+        metadata=_doc(
+            "self: cross-entropy to the model's own argmax (MSE to its own outputs if not a classifier); "
+            "labels: labels_dir; random: seeded random labels (seeded random targets, MSE, if not a classifier)"
+        ),
+    )
+    labels_dir: str | None = field(
+        default=None,
+        metadata=_doc("folder with one subfolder of images per class (sorted names are class 0, 1, ...)"),
+    )
     max_new_dead: float = field(
-        default=0, metadata=_doc("newly dead filters allowed per layer: a count (>= 1) or a fraction (< 1)", 0, None)
+        default=0,
+        metadata=_doc("newly dead filters allowed per layer: a count (whole number >= 1) or a fraction (< 1)", 0, None),
     )
     sweep: bool = field(default=False, metadata=_doc("sweep a log grid of rates and report the max safe rate"))
+    sweep_range: tuple[float, float] = field(
+        default=(1e-5, 10.0), metadata=_doc("lowest and highest rate of the sweep", 1e-12, None)
+    )
+    sweep_per_decade: int = field(
+        default=2, metadata=_doc("rates per decade of the sweep (2: 1, 3.16, 10, ...)", 1, 100)
+    )
 
     def __post_init__(self) -> None:
         _check(self.objective != "labels" or self.labels_dir is not None, "labels_dir", "objective labels needs it")
+        _check(
+            self.max_new_dead < 1 or float(self.max_new_dead).is_integer(),
+            "max_new_dead",
+            f"{self.max_new_dead} is neither a whole count nor a fraction below 1",
+        )
+        low, high = self.sweep_range
+        _check(low < high, "sweep_range", f"lowest rate {low} is not below highest rate {high}")
 
 
 @dataclass(frozen=True)
 class FirstLayerColor:
-    """What the first conv layer's colour use must be."""
+    """What the first conv layer's colour use must be, judged from its weights.
+
+    A filter is colour-selective when more than ``csi_threshold`` of its weight energy
+    (input normalisation folded in, on raw RGB) lies on the red-green and blue-yellow
+    opponent axes rather than the achromatic one. Defaults: trained ImageNet CNNs have
+    20-40% such filters in their first layer (random filters put two thirds of their
+    energy there on average), so ``sensitive`` asks for 20%; ``invariant`` allows 5% of
+    the whole layer's energy on the opponent axes (filters with equal R, G, B weights: 0).
+    """
 
     expect: Literal["sensitive", "invariant"] | None = field(
         default=None, metadata=_doc("expected colour use; unset: measured and reported only")
@@ -155,16 +195,26 @@ class FirstLayerColor:
         metadata=_doc("sensitive: least fraction of colour-selective filters (trained nets: 20-40%)", 0.0, 1.0),
     )
     max_sensitivity: float = field(
-        default=0.05, metadata=_doc("invariant: largest chromatic energy fraction of any filter", 0.0, 1.0)
+        default=0.05,
+        metadata=_doc("invariant: largest chromatic energy share of the layer (opponent-axis / total)", 0.0, 1.0),
     )
     csi_threshold: float = field(
-        default=0.5, metadata=_doc("a filter is colour-selective above this chromatic fraction / CSI", 0.0, 1.0)
+        default=0.5,
+        metadata=_doc(
+            "colour-selective above this: the chromatic energy fraction of a first-layer filter's weights, "
+            "the CSI of any layer's channel (profile and bounds)",
+            0.0,
+            1.0,
+        ),
     )
 
 
 @dataclass(frozen=True)
 class LayerColorBound:
-    """Per-layer bound on the fraction of colour-selective channels, by glob on layer ids."""
+    """Per-layer bound on the fraction of colour-selective channels (CSI > ``first_layer.csi_threshold``).
+
+    Each layer whose id matches gets an item ``color[<layer>]``.
+    """
 
     match: str = field(default="*", metadata=_doc("glob on layer ids"))
     min_selective_fraction: float = field(default=0.0, metadata=_doc("least selective fraction", 0.0, 1.0))
@@ -236,6 +286,20 @@ class BaselineConfig:
 
 
 @dataclass(frozen=True)
+class RuntimeConfig:
+    """How models are run: in a child process, and within a memory budget."""
+
+    isolate: bool = field(
+        default=True,
+        metadata=_doc("measure each model file in a child process, so a crashing runtime fails only that model"),
+    )
+    memory_budget_mb: int = field(
+        default=4096,
+        metadata=_doc("activation memory one batch may use; the batch size shrinks to fit", 64, None),
+    )
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     """The whole ``cnnaudit.yaml``."""
 
@@ -244,6 +308,7 @@ class AuditConfig:
     checks: ChecksConfig = field(default_factory=ChecksConfig, metadata=_doc("check thresholds"))
     layers: tuple[LayerRule, ...] = field(default=(), metadata=_doc("per-layer overrides and skips by glob"))
     baseline: BaselineConfig = field(default_factory=BaselineConfig, metadata=_doc("baseline comparison"))
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig, metadata=_doc("process isolation and memory"))
     source: str | None = field(default=None, metadata=_doc("", internal=True))
 
     def model_spec(self, path: Path) -> ModelSpec:
@@ -308,6 +373,10 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _LinedDic
 
 
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+# YAML 1.1 reads 1e-4 (no dot) as a string; learning rates are written that way, so read it as YAML 1.2 does.
+_LineLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 @dataclass(frozen=True)

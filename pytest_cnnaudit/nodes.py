@@ -17,6 +17,7 @@ import pytest
 from .audit import OpenedModel, open_model, run_audit
 from .baseline import compare_layer
 from .errors import CnnAuditError
+from .isolation import run_audit_isolated
 from .plugin_state import STATE
 from .report import REPORT_ATTRIBUTE, failure_text, verdict_record
 from .result import ModelAudit, Verdict
@@ -53,22 +54,30 @@ class ModelFile(pytest.File):
             self._error = str(exc)
             yield AuditItem.from_parent(self, name="load", check="load", layer=None)
             return
-        for check, layer in self._opened.planned_items():
+        planned = self._opened.planned_items()
+        layers = self._opened.backend.layers
+        if state.audit_config.runtime.isolate:
+            self._opened.backend.close()  # the measuring child opens its own copy
+        for check, layer in planned:
             name = f"{check}[{layer}]" if layer is not None else check
             yield AuditItem.from_parent(self, name=name, check=check, layer=layer)
         if state.baseline is not None:
-            for layer in self._opened.backend.layers:
-                if layer.tensor is not None:
-                    yield AuditItem.from_parent(self, name=f"baseline[{layer.id}]", check="baseline", layer=layer.id)
+            for info in layers:
+                if info.tensor is not None:
+                    yield AuditItem.from_parent(self, name=f"baseline[{info.id}]", check="baseline", layer=info.id)
 
     def audit(self) -> ModelAudit:
         """Measure once (on first use); a model that cannot be measured fails all its items."""
         if self._error is not None:
             raise AuditFailure(f"{self.model_name}: {self._error}")
         if self._audit is None:
-            assert self._opened is not None
+            opened = self._opened
+            assert opened is not None
             try:
-                self._audit = run_audit(self._opened)
+                if opened.config.runtime.isolate:
+                    self._audit = run_audit_isolated(self.path, opened.config, opened.spec, self.model_name)
+                else:
+                    self._audit = run_audit(opened)
             except CnnAuditError as exc:
                 self._error = str(exc)
                 raise AuditFailure(f"{self.model_name}: {exc}") from None

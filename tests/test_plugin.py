@@ -53,7 +53,7 @@ def test_planted_dead_channels_fail_exactly_their_item(
     result = pytester.runpytest(
         "--cnnaudit", "healthy.onnx", "planted.onnx", "--cnnaudit-json", "r.json", *XDIST_MODES[mode]
     )
-    result.assert_outcomes(passed=7, failed=1)
+    result.assert_outcomes(passed=9, failed=1)  # 4 items + color[conv1] per model
     result.stdout.fnmatch_lines(
         [
             "*planted.onnx :: dead_filters[[]conv2[]]: 2 of 6 channels never active (33.3%) > max_count 0*channels [[]1, 4[]]"
@@ -77,7 +77,7 @@ def test_report_is_identical_with_and_without_xdist(pytester: pytest.Pytester, h
 
 def test_healthy_model_passes_at_defaults_and_summary_shows_layers(pytester: pytest.Pytester, healthy: Path) -> None:
     result = pytester.runpytest("--cnnaudit", "healthy.onnx")
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=5)
     result.stdout.fnmatch_lines(
         ["*cnnaudit 0.*: config defaults*seed 0*", "*= cnnaudit =*", "healthy.onnx", "*conv1*8*"]
     )
@@ -86,7 +86,7 @@ def test_healthy_model_passes_at_defaults_and_summary_shows_layers(pytester: pyt
 def test_k_selects_items_by_layer(pytester: pytest.Pytester, planted: Path) -> None:
     strict_dead_config(pytester)
     result = pytester.runpytest("--cnnaudit", "planted.onnx", "-k", "conv1")
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=3)  # sparsity, dead_filters, color
     result = pytester.runpytest("--cnnaudit", "planted.onnx", "-m", "cnnaudit", "-k", "dead_filters and conv2")
     result.assert_outcomes(failed=1)
 
@@ -121,23 +121,22 @@ def test_without_the_flag_model_files_are_not_collected(pytester: pytest.Pyteste
 
 def test_baseline_save_then_compare_catches_a_regression(pytester: pytest.Pytester, healthy: Path) -> None:
     result = pytester.runpytest("--cnnaudit", "healthy.onnx", "--cnnaudit-save-baseline", "base.json")
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=5)
     result = pytester.runpytest("--cnnaudit", "healthy.onnx", "--cnnaudit-baseline", "base.json")
-    result.assert_outcomes(passed=6)
+    result.assert_outcomes(passed=7)
     save(two_conv_model(dead_conv2=(1, 4)), pytester.path / "healthy.onnx")  # the next release regressed
     result = pytester.runpytest("--cnnaudit", "healthy.onnx", "--cnnaudit-baseline", "base.json")
-    result.assert_outcomes(
-        passed=4, failed=2
-    )  # dead_filters passes (2 of 6 <= 25%), baseline and sparsity of conv2 fail
+    # dead_filters[conv2] (2 of 6 > 25%) and baseline[conv2] fail
+    result.assert_outcomes(passed=5, failed=2)
     result.stdout.fnmatch_lines(["*baseline[[]conv2[]]: dead channels grew from 0 to 2 (new: [[]1, 4[]]*"])
 
 
 def test_models_listed_in_the_yaml_are_audited(pytester: pytest.Pytester, planted: Path) -> None:
     pytester.makefile(".yaml", cnnaudit="models:\n  - path: planted.onnx\n    checks: {dead_filters: {max_count: 0}}\n")
     result = pytester.runpytest("--cnnaudit", "planted.onnx")
-    result.assert_outcomes(passed=3, failed=1)
+    result.assert_outcomes(passed=4, failed=1)
     result = pytester.runpytest("--cnnaudit", "-p", "no:xdist")
-    result.assert_outcomes(passed=3, failed=1)
+    result.assert_outcomes(passed=4, failed=1)
 
 
 def test_junit_xml_carries_the_measurements(pytester: pytest.Pytester, planted: Path) -> None:
@@ -153,6 +152,6 @@ def test_junit_xml_carries_the_measurements(pytester: pytest.Pytester, planted: 
 def test_a_broken_model_fails_its_load_item_and_others_still_run(pytester: pytest.Pytester, healthy: Path) -> None:
     (pytester.path / "broken.onnx").write_bytes(b"\x08\x07garbage that is not a model")
     result = pytester.runpytest("--cnnaudit", "healthy.onnx", "broken.onnx")
-    result.assert_outcomes(passed=4, failed=1)
+    result.assert_outcomes(passed=5, failed=1)
     result.stdout.fnmatch_lines(["*broken.onnx::load*", "*broken.onnx: not a readable ONNX model*"])
     assert "Traceback" not in result.stdout.str()
