@@ -63,7 +63,30 @@ def summary_lines(records: list[dict[str, Any]]) -> list[str]:
             channels = str(row["channels"]) if row.get("channels") is not None else "-"
             failed = ", ".join(row["failed"])
             lines.append(f"  {layer:<{width}}  {channels:>8}  {sparsity:>8}  {dead:>5}  {failed}")
+        lines.extend(colour_profile_lines(records, model))
     return lines
+
+
+def colour_profile_lines(records: list[dict[str, Any]], model: str) -> list[str]:
+    """The model's colour profile (from its report document): median CSI, share of
+    colour-selective channels and isoluminant share per layer."""
+    profile = next(
+        (r["model_json"].get("color_profile") for r in records if r["model"] == model and "model_json" in r), None
+    )
+    if not profile:
+        return []
+    width = max(len("colour"), *(len(entry["id"]) for entry in profile["layers"]))
+    lines = [f"  {'colour':<{width}}  {'median CSI':>10}  {'selective':>9}  {'isoluminant':>11}"]
+    for entry in profile["layers"]:
+        median = _number(entry.get("csi_median"), ".3f")
+        fraction = _number(entry.get("selective_fraction"), ".1%")
+        share = _number(entry.get("isoluminant_share"), ".3f")
+        lines.append(f"  {entry['id']:<{width}}  {median:>10}  {fraction:>9}  {share:>11}")
+    return lines
+
+
+def _number(value: float | None, spec: str) -> str:
+    return format(value, spec) if value is not None else "-"
 
 
 def json_report(records: list[dict[str, Any]], outcomes: dict[tuple[str, str], str]) -> dict[str, Any]:
