@@ -17,9 +17,12 @@ from .backends import open_backend
 from .backends.base import Backend, LayerInfo
 from .checks import unmeasurable_reason
 from .checks.dead_filters import check_dead_filters
+from .checks.lr_sanity import LrSanityAnalysis
 from .checks.sparsity import check_sparsity
+from .color import ColorAnalysis
 from .config import AuditConfig, ModelSpec, load_config
-from .measure import measure
+from .errors import ModelError
+from .measure import fit_batch_size, measure
 from .probes import ProbeSet, default_probe_set, user_probe_set
 from .result import AuditResult, LayerResult, ModelAudit, Verdict
 from .stats import ChannelStats
@@ -42,6 +45,7 @@ class AuditContext:
     spec: ModelSpec
     probes: ProbeSet
     layers: tuple[LayerResult, ...]
+    batch_size: int  # the probe batch size that fits the memory budget
 
 
 class Analysis(Protocol):
@@ -57,7 +61,7 @@ class Analysis(Protocol):
 
 
 #: Model-level analyses, run after the main pass in this order.
-ANALYSES: list[Analysis] = []
+ANALYSES: list[Analysis] = [ColorAnalysis(), LrSanityAnalysis()]
 
 
 @dataclass
@@ -144,11 +148,16 @@ def run_audit(opened: OpenedModel) -> ModelAudit:
     config, spec, backend = opened.config, opened.spec, opened.backend
     try:
         probes = probe_set_for(config, backend.input_spec.size)  # type: ignore[arg-type]
-        stats = measure(backend, probes, config.probe.batch_size, config.probe.zero_eps)
+        try:
+            batch_size = fit_batch_size(backend, probes, config.probe.batch_size, config.runtime.memory_budget_mb)
+            stats = measure(backend, probes, batch_size, config.probe.zero_eps)
+        except ModelError as exc:
+            message = str(exc)
+            raise ModelError(message if opened.name in message else f"{opened.name}: {message}") from None
         layers = _layer_results(backend, stats)
         verdicts = [v for layer in layers for v in layer_verdicts(config, spec, layer)]
         extras: dict[str, Any] = {}
-        context = AuditContext(opened.name, opened.model, backend, config, spec, probes, layers)
+        context = AuditContext(opened.name, opened.model, backend, config, spec, probes, layers, batch_size)
         for analysis in ANALYSES:
             more_verdicts, more_extras = analysis.run(context)
             verdicts.extend(more_verdicts)
@@ -163,7 +172,7 @@ def run_audit(opened: OpenedModel) -> ModelAudit:
             "description": probes.description,
             "count": probes.count,
             "seed": probes.seed,
-            "batch_size": config.probe.batch_size,
+            "batch_size": batch_size,
             "zero_eps": config.probe.zero_eps,
         },
         layers=layers,

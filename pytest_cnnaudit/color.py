@@ -247,7 +247,7 @@ class ColorAnalysis:
         if backend.input_spec.channels == "GRAY":
             return [Verdict("color", layer_id, "skipped", GRAY_INPUT_REASON) for layer_id in planned], {}
         csi, gray_images = self._csi(context)
-        patterns, names = pattern_pass(backend, context.config.probe.batch_size)
+        patterns, names = pattern_pass(backend, context.batch_size)
         first = self._first_layer(backend, first_conv_id(backend.layers))
         profile = {**self._profile(context, csi, patterns, names, first), "gray_images": gray_images}
         verdicts = [self._verdict(context, layer_id, csi, first) for layer_id in planned]  # type: ignore[arg-type]
@@ -261,7 +261,7 @@ class ColorAnalysis:
             return {}, 0
         k = min(TOP_IMAGES, context.probes.count)
         needed = np.unique(np.concatenate([top_images(layer.stats.input_max, k).ravel() for layer in measured]))
-        gray_max = gray_pass(context.backend, context.probes, needed, context.config.probe.batch_size)
+        gray_max = gray_pass(context.backend, context.probes, needed, context.batch_size)
         row = np.full(context.probes.count, -1)
         row[needed] = np.arange(needed.size)
         tensors = {info.id: info.tensor for info in context.backend.layers}

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from .backends.base import ActivationSink, Backend
+from .errors import ModelError
 from .probes import ProbeSet, to_model_input
-from .stats import ChannelAccumulator, ChannelStats
+from .stats import ChannelAccumulator, ChannelStats, NonFiniteActivations
 
 
 def run_padded(backend: Backend, batch: np.ndarray, sink: ActivationSink) -> None:
@@ -24,6 +25,42 @@ def run_padded(backend: Backend, batch: np.ndarray, sink: ActivationSink) -> Non
     backend.run(np.concatenate([batch, padding]), real_rows)
 
 
+#: Peak memory of a batch, as a multiple of the measured activations it emits: the runtime's
+#: other intermediates and the reductions' one-image temporaries come on top of them.
+ACTIVATION_OVERHEAD = 2.0
+
+
+def fit_batch_size(backend: Backend, probes: ProbeSet, batch_size: int, budget_mb: int) -> int:
+    """The largest batch size up to ``batch_size`` whose activations fit ``budget_mb``.
+
+    One probe image is run to weigh the activations a single image emits; a model
+    whose single image (or fixed batch) does not fit is refused with the figures.
+    """
+    emitted = 0
+
+    def weigh(key: str, activation: np.ndarray, channel_axis: int) -> None:
+        nonlocal emitted
+        emitted += activation.nbytes
+
+    first = next(probes.batches(1))
+    run_padded(backend, to_model_input(first, backend.input_spec), weigh)
+    per_image = ACTIVATION_OVERHEAD * emitted * (backend.fixed_batch or 1) / 2**20
+    if backend.fixed_batch is not None:
+        if per_image > budget_mb:
+            raise ModelError(
+                f"one batch of this model (fixed at {backend.fixed_batch} images) needs about {per_image:.0f} MB "
+                f"of activations, over runtime.memory_budget_mb {budget_mb}"
+            )
+        return backend.fixed_batch
+    if per_image > budget_mb:
+        size = "x".join(map(str, backend.input_spec.size or ()))
+        raise ModelError(
+            f"one {size} image needs about {per_image:.0f} MB of activations, over runtime.memory_budget_mb "
+            f"{budget_mb}: raise the budget or lower models[].input.size"
+        )
+    return max(1, min(batch_size, int(budget_mb // per_image)))
+
+
 def measure(backend: Backend, probes: ProbeSet, batch_size: int, zero_eps: float) -> dict[str, ChannelStats]:
     """Statistics of every measured activation tensor, keyed by the backend's tensor key.
 
@@ -33,7 +70,14 @@ def measure(backend: Backend, probes: ProbeSet, batch_size: int, zero_eps: float
     accumulators: dict[str, ChannelAccumulator] = {}
 
     def sink(key: str, activation: np.ndarray, channel_axis: int) -> None:
-        accumulators.setdefault(key, ChannelAccumulator(zero_eps)).update(activation, channel_axis)
+        try:
+            accumulators.setdefault(key, ChannelAccumulator(zero_eps)).update(activation, channel_axis)
+        except NonFiniteActivations as exc:
+            layers = ", ".join(layer.id for layer in backend.layers if layer.tensor == key)
+            raise ModelError(
+                f"the activation of layer {layers} is NaN or infinite for {exc.images} probe image(s): "
+                "NaN/inf weights or an input the model cannot take (check input.scale, mean, std)"
+            ) from None
 
     if backend.fixed_batch is not None:
         batch_size = backend.fixed_batch

@@ -56,6 +56,7 @@ class ModelFile(pytest.File):
             return
         planned = self._opened.planned_items()
         layers = self._opened.backend.layers
+        state.layer_ids.update(info.id for info in layers)
         if state.audit_config.runtime.isolate:
             self._opened.backend.close()  # the measuring child opens its own copy
         for check, layer in planned:
@@ -69,7 +70,7 @@ class ModelFile(pytest.File):
     def audit(self) -> ModelAudit:
         """Measure once (on first use); a model that cannot be measured fails all its items."""
         if self._error is not None:
-            raise AuditFailure(f"{self.model_name}: {self._error}")
+            raise AuditFailure(self.finding(self._error))
         if self._audit is None:
             opened = self._opened
             assert opened is not None
@@ -80,10 +81,15 @@ class ModelFile(pytest.File):
                     self._audit = run_audit(opened)
             except CnnAuditError as exc:
                 self._error = str(exc)
-                raise AuditFailure(f"{self.model_name}: {exc}") from None
+                raise AuditFailure(self.finding(self._error)) from None
             finally:
                 self._opened = None
         return self._audit
+
+    def finding(self, message: str) -> str:
+        """An error message about this model, naming it as pytest does (relative to the rootdir), once."""
+        message = message.replace(str(self.path), self.model_name)
+        return message if message.startswith(self.model_name) else f"{self.model_name}: {message}"
 
     def model_json_once(self) -> dict[str, Any] | None:
         """The model's report document, handed to exactly one item's report."""

@@ -19,6 +19,7 @@ class PluginState:
     baseline: dict[str, Any] | None = None
     records: list[dict[str, Any]] = field(default_factory=list)
     outcomes: dict[tuple[str, str], str] = field(default_factory=dict)
+    layer_ids: set[str] = field(default_factory=set)  # of every model collected, for the layers: globs
 
 
 STATE = pytest.StashKey[PluginState]()

@@ -151,10 +151,30 @@ def user_probe_set(images: Path, size: tuple[int, int], count: int | None, seed:
         return ProbeSet(
             f"{images} ({available} images)", size, min(count or available, available), seed, (), str(images)
         )
-    files = sorted(str(p) for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ProbeError(f"probe.images: {images} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+    files = image_files(images)
     return ProbeSet(f"{images} ({len(files)} images), seeded crops", size, count or len(files), seed, tuple(files))
+
+
+def image_files(folder: Path) -> tuple[str, ...]:
+    """The image files of a probe folder, sorted; an empty folder is an error."""
+    files = tuple(sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+    if not files:
+        raise ProbeError(f"probe.images: {folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def check_probe_source(images: Path) -> None:
+    """Validate the user's probe images before any model loads: every file's header must decode."""
+    from PIL import Image, UnidentifiedImageError
+
+    user_probe_set(images, (1, 1), None, 0)  # existence, folder contents, .npy shape
+    if images.is_dir():
+        for name in image_files(images):
+            try:
+                with Image.open(name) as image:
+                    image.verify()
+            except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+                raise ProbeError(f"probe.images: {name} is not a readable image: {exc}") from None
 
 
 def pattern_probes(size: tuple[int, int], hues: int = 8) -> tuple[np.ndarray, tuple[str, ...]]:

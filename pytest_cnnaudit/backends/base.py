@@ -62,6 +62,15 @@ class Backend(Protocol):
         """Release runtime resources."""
 
 
+def check_finite_outputs(outputs: dict[str, np.ndarray], model: str) -> None:
+    """A model whose output is NaN or infinite is broken whatever its activations say."""
+    from ..errors import ModelError
+
+    for name, value in outputs.items():
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            raise ModelError(f"{model}: the model's output {name!r} is NaN or infinite for some probe images")
+
+
 def resolve_input_spec(configured: InputSpec, shape: tuple[int | None, ...] | None, model: str) -> InputSpec:
     """Fill the unset fields of ``configured`` from a 4-d input shape (None for unknown dims).
 

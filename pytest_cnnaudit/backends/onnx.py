@@ -17,7 +17,7 @@ import onnx
 
 from ..config import InputSpec
 from ..errors import ModelError
-from .base import ActivationSink, FirstConv, resolve_input_spec
+from .base import ActivationSink, FirstConv, check_finite_outputs, resolve_input_spec
 from .onnx_graph import OnnxGraph, conv_layers, first_conv_node
 
 
@@ -107,8 +107,9 @@ class OnnxBackend:
 
     def run(self, batch: np.ndarray, sink: ActivationSink) -> None:
         names = list(self.channel_axes)
+        model_outputs = [o.name for o in self.graph.model.graph.output if o.name not in self.channel_axes]
         try:
-            outputs = self.session.run(names, {self.input_name: batch})
+            outputs = self.session.run(names + model_outputs, {self.input_name: batch})
         except Exception as exc:
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(
@@ -116,6 +117,7 @@ class OnnxBackend:
             ) from None
         for name, value in zip(names, outputs):
             sink(name, value, self.channel_axes[name])
+        check_finite_outputs(dict(zip(model_outputs, outputs[len(names) :])), str(self.path))
 
     def first_conv(self) -> FirstConv | None:
         node = first_conv_node(self.graph, self.input_name)

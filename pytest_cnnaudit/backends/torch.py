@@ -27,7 +27,7 @@ import torch
 
 from ..config import InputSpec, ModelSpec
 from ..errors import ModelError
-from .base import ActivationSink, FirstConv, LayerInfo, resolve_input_spec
+from .base import ActivationSink, FirstConv, LayerInfo, check_finite_outputs, resolve_input_spec
 
 aten = torch.ops.aten
 CONV_TARGETS = {
@@ -316,7 +316,7 @@ class TorchBackend:
         self._sink = sink
         try:
             with torch.no_grad():
-                self.graph_module(torch.from_numpy(batch))
+                output = self.graph_module(torch.from_numpy(batch))
         except ModelError:
             raise
         except Exception as exc:
@@ -326,6 +326,9 @@ class TorchBackend:
             ) from None
         finally:
             self._sink = None
+        leaves = torch.utils._pytree.tree_leaves(output)
+        tensors = {f"output {i}": t.detach().numpy() for i, t in enumerate(leaves) if isinstance(t, torch.Tensor)}
+        check_finite_outputs(tensors, self.name)
 
     def first_conv(self) -> FirstConv | None:
         for node in self.graph_module.graph.nodes:
