@@ -7,9 +7,9 @@ Imported only when ``checks.lr_sanity`` is enabled (it imports torch).
 through its factory, a ``torch.export`` archive, a TorchScript archive) goes through the
 main pass's own :func:`~pytest_cnnaudit.backends.torch.export_graph` and
 :func:`~pytest_cnnaudit.backends.torch.instrument`, so the layers and their ids are the
-main pass's. An exported graph bakes BatchNorm's eval mode into its ``aten.batch_norm``
-calls; the probe flips their ``training`` argument for the training steps and back for
-measuring. A converted TorchScript graph holds its weights as buffers; those that were
+main pass's. An exported graph bakes BatchNorm's eval mode into its calls
+(:class:`GraphBatchNorm` rewrites them into their training form for the training steps,
+and back for measuring). A converted TorchScript graph holds its weights as buffers; those that were
 parameters of the script module are trained. Every parameter is trained, frozen ones too.
 
 **ONNX** models are converted with onnx2torch. The layer table is the ONNX one
@@ -104,15 +104,26 @@ def deterministic_torch(seed: int, threads: int) -> Iterator[None]:
 
 
 class _Tap:
-    """Hands tapped activations to the current sink; does nothing while training."""
+    """Hands tapped activations to the current sink; does nothing while training.
+
+    A copy trained at too high a rate may compute NaN or infinite activations: their
+    tensors are noted in ``non_finite`` and reach the sink as ones, active rather than
+    dead, so that the layers around them are still counted.
+    """
 
     def __init__(self, channel_axes: dict[str, int] | None = None) -> None:
         self.sink: ActivationSink | None = None
         self.channel_axes = channel_axes or {}
+        self.non_finite: set[str] = set()
 
     def record(self, key: str, activation: torch.Tensor) -> None:
-        if self.sink is not None:
-            self.sink(key, activation.detach().numpy(), self.channel_axes.get(key, 1))
+        if self.sink is None:
+            return
+        values = activation.detach().numpy()
+        if not np.isfinite(values).all():
+            self.non_finite.add(key)
+            values = np.nan_to_num(values, nan=1.0, posinf=1.0, neginf=-1.0)
+        self.sink(key, values, self.channel_axes.get(key, 1))
 
 
 @dataclass
@@ -396,7 +407,7 @@ class FineTuningProbe:
         self.settings = settings
         self.probes = context.probes
         self.zero_eps = context.config.probe.zero_eps
-        self.measure_batch = context.batch_size
+        self.measure_batch = context.batch_size  # the main pass's, fitted to the memory budget
         self.seed = context.probes.seed
         if context.backend.format == "onnx":
             self.network = onnx_network(context)
@@ -406,18 +417,20 @@ class FineTuningProbe:
         self.description = self.network.description
         self.start = {key: value.clone() for key, value in self.network.module.state_dict().items()}
         self.network.outputs = []
-        self.dead_before = self.dead_channels()
+        self.dead_before, _ = self.dead_channels()
         outputs = torch.cat(self.network.outputs)[: len(self.probes)]
         self.network.outputs = None
         count = min(len(self.probes), settings.steps * self.batch_size)
         self.data = training_set(context, settings, outputs, count)
 
-    def dead_channels(self) -> dict[str, tuple[int, ...]]:
-        """Dead channels per layer id on the probe set, in eval mode."""
-        self.network.set_batch_norm_training(False)
-        with np.errstate(over="ignore", invalid="ignore"):  # a diverged copy overflows; zeros still count
-            stats = measure(self.network, self.probes, self.measure_batch, self.zero_eps)
-        return {layer.id: stats[layer.tensor].dead_channels for layer in self.network.layers if layer.tensor in stats}
+    def dead_channels(self) -> tuple[dict[str, tuple[int, ...]], tuple[str, ...]]:
+        """Dead channels per layer id on the probe set, in eval mode, and the layers with NaN/inf activations."""
+        network = self.network
+        network.set_batch_norm_training(False)
+        network.tap.non_finite = set()
+        stats = measure(network, self.probes, self.measure_batch, self.zero_eps)
+        dead = {layer.id: stats[layer.tensor].dead_channels for layer in network.layers if layer.tensor in stats}
+        return dead, tuple(layer.id for layer in network.layers if layer.tensor in network.tap.non_finite)
 
     def _restore_start(self) -> None:
         with torch.no_grad():
@@ -441,7 +454,8 @@ class FineTuningProbe:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        return TrainingRun(lr, tuple(losses), self.dead_channels())
+        dead, non_finite = self.dead_channels()
+        return TrainingRun(lr, tuple(losses), dead, non_finite)
 
     def close(self) -> None:
         self.network.close()

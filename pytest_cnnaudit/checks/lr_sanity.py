@@ -39,6 +39,7 @@ class TrainingRun:
     lr: float
     losses: tuple[float, ...]  # the training loss of every step taken; a non-finite one ends the run
     dead: Mapping[str, tuple[int, ...]]  # layer id -> channels dead after training (eval mode, probe set)
+    non_finite: tuple[str, ...] = ()  # layers whose activations became NaN or infinite on some probe image
 
     @property
     def diverged_at(self) -> int | None:
@@ -74,7 +75,7 @@ def new_dead_count(run: TrainingRun, before: Mapping[str, Sequence[int]], layers
 
 def is_safe(run: TrainingRun, before: Mapping[str, Sequence[int]], allowed: Mapping[str, int]) -> bool:
     """Finite loss throughout, and every judged layer within its allowance of newly dead filters."""
-    if run.diverged_at is not None:
+    if run.diverged_at is not None or run.non_finite:
         return False
     return all(len(newly_dead(before.get(layer, ()), run.dead.get(layer, ()))) <= n for layer, n in allowed.items())
 
@@ -102,9 +103,16 @@ def _loss(value: float) -> float | None:
 
 
 def check_lr_layer(
-    layer_id: str, channels: int, before: Sequence[int], after: Sequence[int], max_new_dead: float, lr: float
+    layer_id: str,
+    channels: int,
+    before: Sequence[int],
+    after: Sequence[int],
+    max_new_dead: float,
+    lr: float,
+    non_finite: bool = False,
 ) -> Verdict:
-    """Fail when fine-tuning at ``lr`` killed more of the layer's filters than allowed, naming them."""
+    """Fail when fine-tuning at ``lr`` killed more of the layer's filters than allowed, naming them,
+    or made its activations NaN or infinite."""
     new = newly_dead(before, after)
     allowed = allowed_new_dead(max_new_dead, channels)
     figures = {
@@ -114,8 +122,12 @@ def check_lr_layer(
         "dead_after": len(after),
         "new_dead_channels": list(new),
         "allowed": allowed,
+        "non_finite": non_finite,
     }
     summary = f"fine-tuning at lr {lr:g}: {len(before)} of {channels} channels dead before, {len(after)} after"
+    if non_finite:
+        message = f"{summary}; its activations became NaN or infinite on some probe images"
+        return Verdict(CHECK, layer_id, "failed", message, figures)
     if len(new) > allowed:
         message = (
             f"{summary}; {len(new)} newly dead > max_new_dead {max_new_dead:g} (allowed {allowed}): "
@@ -129,6 +141,8 @@ def check_lr_layer(
 def _what_went_wrong(run: TrainingRun, new_dead: int) -> str:
     if run.diverged_at is not None:
         return f"at lr {run.lr:g} the loss became non-finite at step {run.diverged_at}"
+    if run.non_finite:
+        return f"at lr {run.lr:g} the activations of {', '.join(run.non_finite)} became NaN or infinite"
     return f"at lr {run.lr:g} {new_dead} filters died"
 
 
@@ -184,6 +198,7 @@ def sweep_report(sweep: Sequence[tuple[TrainingRun, int, bool]], settings: LrSan
                 "loss_start": _loss(run.loss_start),
                 "loss_end": _loss(run.loss_end),
                 "diverged_at_step": run.diverged_at,
+                "non_finite_layers": list(run.non_finite),
                 "safe": safe,
             }
             for run, new_dead, safe in sweep
@@ -269,4 +284,12 @@ class LrSanityAnalysis:
             return Verdict(CHECK, layer_id, "skipped", "its activation was not found in the trainable copy")
         channels = next(layer.channels for layer in context.layers if layer.id == layer_id)
         limits = context.config.checks_for(context.spec, layer_id).lr_sanity
-        return check_lr_layer(layer_id, channels, before[layer_id], run.dead[layer_id], limits.max_new_dead, run.lr)
+        return check_lr_layer(
+            layer_id,
+            channels,
+            before[layer_id],
+            run.dead[layer_id],
+            limits.max_new_dead,
+            run.lr,
+            layer_id in run.non_finite,
+        )
