@@ -23,6 +23,7 @@ from .color import ColorAnalysis
 from .config import AuditConfig, ModelSpec, load_config
 from .errors import ModelError
 from .measure import fit_batch_size, measure
+from .pictures import picture_payload
 from .probes import ProbeSet, default_probe_set, user_probe_set
 from .result import AuditResult, LayerResult, ModelAudit, Verdict
 from .stats import ChannelStats
@@ -143,14 +144,20 @@ def open_model(
     return OpenedModel(name, model, spec, config, backend)
 
 
-def run_audit(opened: OpenedModel) -> ModelAudit:
-    """Measure once, then judge every layer with every check; closes the backend."""
+def run_audit(
+    opened: OpenedModel, pictures: bool = False, progress: Callable[[int, int], None] | None = None
+) -> ModelAudit:
+    """Measure once, then judge every layer with every check; closes the backend.
+
+    ``pictures``: also capture the HTML report's picture data (:mod:`pytest_cnnaudit.pictures`);
+    ``progress(done, total)`` follows the main pass's probe images.
+    """
     config, spec, backend = opened.config, opened.spec, opened.backend
     try:
         probes = probe_set_for(config, backend.input_spec.size)  # type: ignore[arg-type]
         try:
             batch_size = fit_batch_size(backend, probes, config.probe.batch_size, config.runtime.memory_budget_mb)
-            stats = measure(backend, probes, batch_size, config.probe.zero_eps)
+            stats = measure(backend, probes, batch_size, config.probe.zero_eps, progress)
         except ModelError as exc:
             message = str(exc)
             raise ModelError(message if opened.name in message else f"{opened.name}: {message}") from None
@@ -162,6 +169,7 @@ def run_audit(opened: OpenedModel) -> ModelAudit:
             more_verdicts, more_extras = analysis.run(context)
             verdicts.extend(more_verdicts)
             extras.update(more_extras)
+        picture_data = picture_payload(context) if pictures else None
     finally:
         backend.close()
     return ModelAudit(
@@ -178,6 +186,7 @@ def run_audit(opened: OpenedModel) -> ModelAudit:
         layers=layers,
         verdicts=tuple(verdicts),
         extras=extras,
+        pictures=picture_data,
     )
 
 

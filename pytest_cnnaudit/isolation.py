@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -22,9 +23,20 @@ from .errors import CnnAuditError, ModelError
 from .result import ModelAudit
 
 
-def _child(connection: Connection, model: Path, config: AuditConfig, spec: ModelSpec | None, name: str) -> None:
+def _child(
+    connection: Connection,
+    model: Path,
+    config: AuditConfig,
+    spec: ModelSpec | None,
+    name: str,
+    pictures: bool = False,
+    report_progress: bool = False,
+) -> None:
+    def send_progress(done: int, total: int) -> None:
+        connection.send(("progress", (done, total)))
+
     try:
-        audit = run_audit(open_model(model, config, spec, name))
+        audit = run_audit(open_model(model, config, spec, name), pictures, send_progress if report_progress else None)
         connection.send(("ok", audit))
     except CnnAuditError as exc:
         connection.send(("error", str(exc)))
@@ -41,15 +53,31 @@ def _describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def run_audit_isolated(model: Path, config: AuditConfig, spec: ModelSpec | None, name: str) -> ModelAudit:
-    """:func:`run_audit` of a model file in a child process; a crash becomes a ModelError."""
+def run_audit_isolated(
+    model: Path,
+    config: AuditConfig,
+    spec: ModelSpec | None,
+    name: str,
+    pictures: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> ModelAudit:
+    """:func:`run_audit` of a model file in a child process; a crash becomes a ModelError.
+
+    The child reports its progress as ``("progress", (done, total))`` messages on the same
+    pipe, one per batch, before its result; they are handed to ``progress`` here.
+    """
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(sender, model, config, spec, name), daemon=True)
+    arguments = (sender, model, config, spec, name, pictures, progress is not None)
+    process = context.Process(target=_child, args=arguments, daemon=True)
     process.start()
     sender.close()
     try:
         kind, payload = receiver.recv()
+        while kind == "progress":
+            if progress is not None:
+                progress(*payload)
+            kind, payload = receiver.recv()
     except EOFError:
         process.join()
         raise ModelError(

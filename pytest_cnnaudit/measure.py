@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from .backends.base import ActivationSink, Backend
@@ -61,11 +63,18 @@ def fit_batch_size(backend: Backend, probes: ProbeSet, batch_size: int, budget_m
     return max(1, min(batch_size, int(budget_mb // per_image)))
 
 
-def measure(backend: Backend, probes: ProbeSet, batch_size: int, zero_eps: float) -> dict[str, ChannelStats]:
+def measure(
+    backend: Backend,
+    probes: ProbeSet,
+    batch_size: int,
+    zero_eps: float,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, ChannelStats]:
     """Statistics of every measured activation tensor, keyed by the backend's tensor key.
 
     Each batch is reduced inside the sink and dropped, so peak memory is one
-    batch of activations however many probe images there are.
+    batch of activations however many probe images there are. ``progress(done, total)``
+    is called before the first batch and after each one.
     """
     accumulators: dict[str, ChannelAccumulator] = {}
 
@@ -81,6 +90,12 @@ def measure(backend: Backend, probes: ProbeSet, batch_size: int, zero_eps: float
 
     if backend.fixed_batch is not None:
         batch_size = backend.fixed_batch
+    done = 0
+    if progress is not None:
+        progress(done, probes.count)
     for batch in probes.batches(batch_size):
         run_padded(backend, to_model_input(batch, backend.input_spec), sink)
+        done += batch.shape[0]
+        if progress is not None:
+            progress(done, probes.count)
     return {key: accumulator.result() for key, accumulator in accumulators.items()}

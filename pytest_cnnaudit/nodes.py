@@ -8,6 +8,7 @@ under ``--dist loadgroup`` one worker measures each model.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any
@@ -74,11 +75,15 @@ class ModelFile(pytest.File):
         if self._audit is None:
             opened = self._opened
             assert opened is not None
+            state = self.config.stash[STATE]
+            progress = functools.partial(state.progress, self.model_name) if state.progress else None
             try:
                 if opened.config.runtime.isolate:
-                    self._audit = run_audit_isolated(self.path, opened.config, opened.spec, self.model_name)
+                    self._audit = run_audit_isolated(
+                        self.path, opened.config, opened.spec, self.model_name, state.pictures, progress
+                    )
                 else:
-                    self._audit = run_audit(opened)
+                    self._audit = run_audit(opened, state.pictures, progress)
             except CnnAuditError as exc:
                 self._error = str(exc)
                 raise AuditFailure(self.finding(self._error)) from None
@@ -119,7 +124,10 @@ class AuditItem(pytest.Item):
         audit = self.model_file.audit()
         verdict = self._verdict(audit)
         model = self.model_file.model_name
-        self.record = verdict_record(model, verdict, self.model_file.model_json_once())
+        model_json = self.model_file.model_json_once()
+        self.record = verdict_record(model, verdict, model_json)
+        if model_json is not None and audit.pictures is not None:
+            self.record["pictures"] = audit.pictures  # for the HTML report; the JSON report leaves it out
         self.user_properties.extend((f"cnnaudit_{k}", v) for k, v in verdict.figures.items())
         if verdict.outcome == "skipped":
             pytest.skip(verdict.message)
@@ -151,6 +159,20 @@ def attach_record(item: pytest.Item, report: pytest.TestReport) -> None:
     """Put the item's verdict record on its call report (it travels through xdist)."""
     if isinstance(item, AuditItem) and report.when == "call":
         setattr(report, REPORT_ATTRIBUTE, item.record or _failed_record(item, report))
+
+
+def attach_picture(item: pytest.Item, report: pytest.TestReport, pytest_html: Any) -> None:
+    """pytest-html: a failed audit item carries its picture (its layer's chart, the filters, the sweep)."""
+    if not isinstance(item, AuditItem) or report.when != "call" or not report.failed:
+        return
+    audit = item.model_file._audit
+    if audit is None:
+        return
+    from .html_report import item_picture
+
+    picture = item_picture(item.check, item.layer, audit.to_json(), audit.pictures)
+    if picture is not None:
+        report.extras = [*getattr(report, "extras", []), pytest_html.extras.png(picture, name=item.name)]
 
 
 def _failed_record(item: AuditItem, report: pytest.TestReport) -> dict[str, Any]:

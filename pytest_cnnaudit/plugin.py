@@ -7,6 +7,7 @@ session plugin registered in ``pytest_configure`` when ``--cnnaudit`` is on.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,8 @@ import pytest
 if TYPE_CHECKING:
     from .plugin_state import PluginState
 
-OUTPUT_OPTIONS = ("cnnaudit_json", "cnnaudit_save_baseline", "cnnaudit_baseline", "cnnaudit_config")
+OUTPUT_OPTIONS = ("cnnaudit_json", "cnnaudit_save_baseline", "cnnaudit_baseline", "cnnaudit_config", "cnnaudit_html")
+MATPLOTLIB_MISSING = "--cnnaudit-html needs matplotlib: pip install 'pytest-cnnaudit[report]'"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -37,6 +39,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="PATH",
         help="fail layers that regressed against this baseline",
     )
+    group.addoption(
+        "--cnnaudit-html",
+        dest="cnnaudit_html",
+        metavar="PATH",
+        help="write a self-contained HTML report with pictures here (needs matplotlib)",
+    )
+    group.addoption(
+        "--cnnaudit-init",
+        dest="cnnaudit_init",
+        metavar="PATH",
+        help="audit the models (implies --cnnaudit), then write a starting cnnaudit.yaml fitted to them here",
+    )
     parser.addini("cnnaudit_config", help="path of the cnnaudit.yaml (default: cnnaudit.yaml in the rootdir)")
 
 
@@ -56,6 +70,8 @@ def _config_path(config: pytest.Config) -> Path | None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("cnnaudit_init"):
+        config.option.cnnaudit = True
     if not config.getoption("cnnaudit"):
         stray = [f"--{name.replace('_', '-')}" for name in OUTPUT_OPTIONS if config.getoption(name)]
         if stray:
@@ -81,10 +97,31 @@ def pytest_configure(config: pytest.Config) -> None:
         baseline = load_baseline(Path(compared)) if compared else None
     except (ConfigError, ProbeError) as exc:
         raise pytest.UsageError(f"cnnaudit: {exc}") from None
+    target = config.getoption("cnnaudit_init")
+    if target and Path(target).exists() and not hasattr(config, "workerinput"):
+        raise pytest.UsageError(f"cnnaudit: --cnnaudit-init {target} exists; remove it or name another file")
     state = PluginState(audit_config, str(path) if path else None, baseline)
+    state.pictures = _picture_outputs(config)
     config.stash[STATE] = state
     _add_config_models(config, state)
     config.pluginmanager.register(AuditSession(config, state), "cnnaudit-session")
+
+
+def _picture_outputs(config: pytest.Config) -> bool:
+    """Whether a picture is asked for: --cnnaudit-html (a usage error without matplotlib), or
+    pytest-html's --html when matplotlib is installed (without it, failed items get no picture)."""
+    import importlib.util
+
+    has_matplotlib = importlib.util.find_spec("matplotlib") is not None
+    if config.getoption("cnnaudit_html") and not has_matplotlib:
+        raise pytest.UsageError(MATPLOTLIB_MISSING)
+    return bool(config.getoption("cnnaudit_html")) or (has_matplotlib and _pytest_html(config) is not None)
+
+
+def _pytest_html(config: pytest.Config) -> Any:
+    """The pytest-html plugin module when it is installed and writing a report (``--html``), else None."""
+    plugin = config.pluginmanager.get_plugin("html")
+    return plugin if plugin is not None and config.getoption("htmlpath", None) else None
 
 
 def _add_config_models(config: pytest.Config, state: PluginState) -> None:
@@ -109,6 +146,24 @@ class AuditSession:
         self.state = state
         self.selected = {Path(arg.split("::")[0]).resolve() for arg in config.args}
         self.is_worker = hasattr(config, "workerinput")
+        self.pytest_html = _pytest_html(config) if state.pictures else None
+        self.written: list[str] = []
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        """Progress lines for long measurements, on the controller only and not under -q."""
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None or self.is_worker or reporter.verbosity < 0:
+            return
+        from .progress import MeasuringProgress
+
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+
+        def write_line(line: str) -> None:
+            # The measurement runs inside a test's call phase, where pytest captures output.
+            with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+                reporter.write_line(line)
+
+        self.state.progress = MeasuringProgress(write_line)
 
     def pytest_collect_file(self, file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
         if file_path.suffix == ".py" or file_path.resolve() not in self.selected:
@@ -145,6 +200,10 @@ class AuditSession:
 
         report = yield
         attach_record(item, report)
+        if self.pytest_html is not None:
+            from .nodes import attach_picture
+
+            attach_picture(item, report, self.pytest_html)
         return report
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -173,6 +232,8 @@ class AuditSession:
             terminalreporter.section("cnnaudit")
             for line in lines:
                 terminalreporter.write_line(line)
+        for line in self.written:
+            terminalreporter.write_line(line)
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.is_worker:
@@ -186,3 +247,34 @@ class AuditSession:
             Path(self.config.getoption("cnnaudit_json")).write_text(dump_json(document), encoding="utf-8")
         if self.config.getoption("cnnaudit_save_baseline"):
             write_baseline(Path(self.config.getoption("cnnaudit_save_baseline")), document["models"])
+        if self.config.getoption("cnnaudit_html"):
+            self._write_html(Path(self.config.getoption("cnnaudit_html")))
+        if self.config.getoption("cnnaudit_init"):
+            self._write_init(Path(self.config.getoption("cnnaudit_init")))
+
+    def _write_html(self, path: Path) -> None:
+        from . import __version__
+        from .html_report import build_html
+
+        path.write_text(build_html(self.state.records, self.state.outcomes, __version__), encoding="utf-8")
+        self.written.append(f"cnnaudit: HTML report written to {path}")
+
+    def _write_init(self, path: Path) -> None:
+        """From the audit's own verdicts (``model_json``), not pytest's outcomes: -k does not change the file."""
+        from . import __version__
+        from .init_config import starting_config
+
+        measured = {r["model"]: r["model_json"] for r in self.state.records if "model_json" in r}
+        if not measured:
+            self.written.append(f"cnnaudit: no model was measured, so {path} was not written")
+            return
+        documents = [measured[model] for model in sorted(measured)]
+        files = {model: self.config.rootpath / model for model in measured}
+        unmeasured = {r["model"]: r["message"] for r in self.state.records if r["model"] not in measured}
+        text = starting_config(
+            documents, self.state.audit_config, files, path.resolve().parent, unmeasured, __version__
+        )
+        path.write_text(text, encoding="utf-8")
+        self.written.append(
+            f"cnnaudit: starting config written to {path}; audit with: pytest --cnnaudit --cnnaudit-config {path}"
+        )

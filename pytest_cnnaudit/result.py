@@ -80,6 +80,8 @@ class ModelAudit:
     verdicts: tuple[Verdict, ...] = ()
     extras: dict[str, Any] = field(default_factory=dict)  # per-check data for the report (colour profile, sweep)
     error: str | None = None
+    # Picture data for the HTML report (pictures.py), captured only when asked; never in the JSON report.
+    pictures: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     def layer(self, layer_id: str) -> LayerResult:
         return next(layer for layer in self.layers if layer.id == layer_id)
