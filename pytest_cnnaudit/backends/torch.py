@@ -15,6 +15,7 @@ module is refused unless the config says ``trust_pickle: true``.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import warnings
 import zipfile
@@ -78,6 +79,26 @@ def _is_torchscript(path: Path) -> bool:
         return any("/code/" in name for name in archive.namelist())
 
 
+def _import_from(config_dir: Path, module_name: str) -> Any:
+    """A module file beside the config is loaded from there, under a name of its own: two
+    configs whose folders both hold an ``arch.py`` must not share whichever was imported first."""
+    candidate = config_dir.joinpath(*module_name.split(".")).with_suffix(".py")
+    if not candidate.is_file():
+        return importlib.import_module(module_name)
+    unique = f"_cnnaudit_factory_{abs(hash(str(candidate.resolve())))}_{module_name.replace('.', '_')}"
+    if unique not in sys.modules:
+        module_spec = importlib.util.spec_from_file_location(unique, candidate)
+        assert module_spec is not None and module_spec.loader is not None
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[unique] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[unique]
+            raise
+    return sys.modules[unique]
+
+
 def _import_factory(spec: ModelSpec, config_dir: Path) -> Callable[..., torch.nn.Module]:
     """Import ``module:callable``, looking in the config file's folder first."""
     module_name, _, attribute = (spec.factory or "").partition(":")
@@ -85,9 +106,11 @@ def _import_factory(spec: ModelSpec, config_dir: Path) -> Callable[..., torch.nn
         raise ModelError(f"{spec.path}: factory {spec.factory!r} must look like 'module:callable'")
     sys.path.insert(0, str(config_dir))
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ModelError(f"{spec.path}: cannot import factory module {module_name!r}: {exc}") from None
+        module = _import_from(config_dir, module_name)
+    except Exception as exc:  # noqa: BLE001 - the user's module may fail in any way while importing
+        raise ModelError(
+            f"{spec.path}: cannot import factory module {module_name!r}: {type(exc).__name__}: {exc}"
+        ) from None
     finally:
         sys.path.remove(str(config_dir))
     factory = getattr(module, attribute, None)
