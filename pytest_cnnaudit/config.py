@@ -388,6 +388,8 @@ class _Where:
     line: int
 
     def child(self, key: str | int, line: int) -> _Where:
+        if isinstance(key, str) and not key.isprintable():
+            key = repr(key)  # a key with a newline or control character must not break the one-line error
         path = f"{self.path}[{key}]" if isinstance(key, int) else (f"{self.path}.{key}" if self.path else key)
         return _Where(self.file, path, line)
 
@@ -548,7 +550,7 @@ def _check_range(value: Any, meta: dict[str, Any], where: _Where) -> None:
     if low is None and high is None:
         return
     for number in value if isinstance(value, tuple) else (value,):
-        if isinstance(number, (int, float)) and not isinstance(number, bool):
-            if (low is not None and number < low) or (high is not None and number > high):
-                allowed = f"{low if low is not None else '-inf'} .. {high if high is not None else 'inf'}"
-                raise where.error(f"got {number!r}, expected a value in {allowed}")
+        is_number = isinstance(number, (int, float)) and not isinstance(number, bool)
+        if is_number and ((low is not None and number < low) or (high is not None and number > high)):
+            allowed = f"{low if low is not None else '-inf'} .. {high if high is not None else 'inf'}"
+            raise where.error(f"got {number!r}, expected a value in {allowed}")

@@ -47,7 +47,7 @@ class ModelFile(pytest.File):
     def model_name(self) -> str:
         return self.nodeid
 
-    def collect(self):  # noqa: ANN201 - pytest's own signature
+    def collect(self):
         state = self.config.stash[STATE]
         try:
             self._opened = open_model(self.path, state.audit_config, name=self.model_name)

@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import numpy_helper
-
 from onnx_text_models import save, two_conv_model
+
 from pytest_cnnaudit import CnnAuditError, ConfigError, audit
 from pytest_cnnaudit.config import parse_config
 
@@ -42,7 +42,9 @@ HEADER = '<ir_version: 8, opset_import: ["" : 17]>'
 
 
 def no_conv(tmp: Path) -> Path:
-    return save(_graph(f"{HEADER} net (float[N, 3, 8, 8] x) => (float[N, 3, 8, 8] y) {{ y = Relu(x) }}"), tmp / "m.onnx")
+    return save(
+        _graph(f"{HEADER} net (float[N, 3, 8, 8] x) => (float[N, 3, 8, 8] y) {{ y = Relu(x) }}"), tmp / "m.onnx"
+    )
 
 
 def dynamic_size(tmp: Path) -> Path:
@@ -223,20 +225,44 @@ def test_bad_torch_model_gives_one_clear_line(tmp_path: Path, case: str) -> None
 
 CONFIG_CASES: dict[str, tuple[str, list[str], str]] = {
     # name: (cnnaudit.yaml, extra command-line arguments, expected line on stderr)
-    "typo": ("checks:\n  sparsity:\n    mn: 0.1\n", [], "*cnnaudit.yaml:3: checks.sparsity.mn: unknown key 'mn'; did you mean 'min'?*"),
-    "wrong type": ("probe:\n  count: lots\n", [], "*cnnaudit.yaml:2: probe.count: got str 'lots', expected an integer*"),
+    "typo": (
+        "checks:\n  sparsity:\n    mn: 0.1\n",
+        [],
+        "*cnnaudit.yaml:3: checks.sparsity.mn: unknown key 'mn'; did you mean 'min'?*",
+    ),
+    "wrong type": (
+        "probe:\n  count: lots\n",
+        [],
+        "*cnnaudit.yaml:2: probe.count: got str 'lots', expected an integer*",
+    ),
     "min > max": ("checks:\n  sparsity: {min: 0.9, max: 0.1}\n", [], "*checks.sparsity.min: min 0.9 > max 0.1*"),
-    "fraction > 1": ("checks:\n  dead_filters: {max_fraction: 2}\n", [], "*max_fraction: got 2.0, expected a value in 0.0 .. 1.0*"),
+    "fraction > 1": (
+        "checks:\n  dead_filters: {max_fraction: 2}\n",
+        [],
+        "*max_fraction: got 2.0, expected a value in 0.0 .. 1.0*",
+    ),
     "unknown check": ("checks:\n  sharpness: {}\n", [], "*cnnaudit.yaml:2: checks.sharpness: unknown key 'sharpness'*"),
-    "unknown layer glob": ("layers:\n  - match: 'layr4.*'\n    skip: old\n", [], "*layers[[]0[]].match 'layr4.*' matches no layer*"),
+    "unknown layer glob": (
+        "layers:\n  - match: 'layr4.*'\n    skip: old\n",
+        [],
+        "*layers[[]0[]].match 'layr4.*' matches no layer*",
+    ),
     "bad probe directory": ("probe: {images: no_such_dir}\n", [], "*probe.images: *no_such_dir does not exist*"),
     "empty probe directory": ("probe: {images: empty}\n", [], "*probe.images: *empty holds no image files*"),
     "unreadable image": ("probe: {images: broken}\n", [], "*probe.images: *bad.png is not a readable image*"),
-    "probe array of wrong shape": ("probe: {images: flat.npy}\n", [], "*flat.npy has shape (4, 5), expected (N, H, W, 3) RGB*"),
+    "probe array of wrong shape": (
+        "probe: {images: flat.npy}\n",
+        [],
+        "*flat.npy has shape (4, 5), expected (N, H, W, 3) RGB*",
+    ),
     "model in yaml missing": ("models:\n  - path: gone.onnx\n", [], "*models: gone.onnx does not exist*"),
     "not YAML": ("checks: [unclosed\n", [], "*cnnaudit.yaml:*: not valid YAML*"),
     "config flag to a missing file": ("", ["--cnnaudit-config", "nope.yaml"], "*config file nope.yaml does not exist*"),
-    "baseline missing": ("", ["--cnnaudit-baseline", "old.json"], "*--cnnaudit-baseline old.json: cannot read the baseline*"),
+    "baseline missing": (
+        "",
+        ["--cnnaudit-baseline", "old.json"],
+        "*--cnnaudit-baseline old.json: cannot read the baseline*",
+    ),
     "baseline of another kind": ("", ["--cnnaudit-baseline", "other.json"], "*not a cnnaudit-baseline/1 file*"),
     "save and compare one file": (
         "",

@@ -159,9 +159,13 @@ def _decomposed_activation(graph: OnnxGraph, tensor: str) -> tuple[str, str] | N
 def _after_scaling(graph: OnnxGraph, tensor: str) -> str:
     """Step over the trailing ``/ 6`` (or ``* 1/6``) of a decomposed HardSwish."""
     consumers = graph.consumers.get(tensor, [])
-    if len(consumers) == 1 and consumers[0].op_type in ("Div", "Mul"):
-        if graph.scalar(_other_input(consumers[0], tensor)) is not None:
-            return consumers[0].output[0]
+    single = consumers[0] if len(consumers) == 1 else None
+    if (
+        single is not None
+        and single.op_type in ("Div", "Mul")
+        and graph.scalar(_other_input(single, tensor)) is not None
+    ):
+        return single.output[0]
     return tensor
 
 

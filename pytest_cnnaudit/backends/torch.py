@@ -107,7 +107,7 @@ def _import_factory(spec: ModelSpec, config_dir: Path) -> Callable[..., torch.nn
     sys.path.insert(0, str(config_dir))
     try:
         module = _import_from(config_dir, module_name)
-    except Exception as exc:  # noqa: BLE001 - the user's module may fail in any way while importing
+    except Exception as exc:
         raise ModelError(
             f"{spec.path}: cannot import factory module {module_name!r}: {type(exc).__name__}: {exc}"
         ) from None
@@ -255,7 +255,7 @@ def _find_activation(node: torch.fx.Node) -> tuple[str, torch.fx.Node] | None:
                         return "silu", product
                 return kind, user
             if user.target in (aten.hardtanh.default, aten.hardtanh_.default, aten.clamp.default):
-                low, high = (list(user.args[1:3]) + [None, None])[:2]
+                low, high = [*user.args[1:3], None, None][:2]
                 if low == 0:
                     return ("relu6" if high == 6 else "clip"), user
         if len(users) != 1 or users[0].target not in CHANNEL_PRESERVING_TARGETS:
