@@ -6,8 +6,9 @@ and needs no download. Every image is 64x64 RGB in [0, 1], returned NCHW float32
 
 Two tasks share one renderer and differ only in what decides the label:
 
-- ``shapes``: the label is the shape (disk, square, triangle, cross); colour,
-  size, position, rotation and background are random.
+- ``shapes``: the label is the shape (square, diamond, ring, cross); colour,
+  size, position, rotation and background texture are random, and object and
+  background differ in luminance only.
 - ``hue``: the label is the object's hue (four 90-degree sectors); shape,
   texture and luminance are random and independent of the label, so only
   colour solves it.
@@ -107,14 +108,17 @@ def render(
 
 
 def shapes_batch(rng: np.random.Generator, n: int) -> Batch:
-    """Label = shape. Object colour is random, with a luminance contrast to the background
-    so that the shape is visible to a colour-blind model too."""
+    """Label = shape. Each image has one random hue and saturation; object and background
+    differ only in luminance, so edges carry no colour information and the first layer
+    has no reason to become colour-selective (the probe photographs, which hold almost
+    no green or purple, would leave a green-tuned filter silent)."""
     labels = rng.integers(0, NUM_CLASSES, n)
+    hue, saturation = rng.uniform(0.0, 1.0, n), rng.uniform(0.0, 0.6, n)
     background_luma = rng.uniform(0.15, 0.85, n)
-    background = background_luma[:, None] + rng.uniform(-0.1, 0.1, (n, 3))
     contrast = rng.uniform(0.2, 0.45, n) * np.where(background_luma < 0.5, 1.0, -1.0)
-    objects = colours_with_luma(rng.uniform(0.0, 1.0, n), rng.uniform(0.0, 1.0, n), background_luma + contrast)
-    images = render(shape_coverage(rng, labels), objects, background.astype(np.float32), rng)
+    background = colours_with_luma(hue, saturation, background_luma)
+    objects = colours_with_luma(hue, saturation, background_luma + contrast)
+    images = render(shape_coverage(rng, labels), objects, background, rng)
     return images, labels
 
 

@@ -221,7 +221,7 @@ class AuditSession:
 
         probe = self.state.audit_config.probe
         images = probe.images or "shipped photographs"
-        source = self.state.config_path or "defaults (no cnnaudit.yaml)"
+        source = _relative_to(self.state.config_path, config.rootpath) or "defaults (no cnnaudit.yaml)"
         return f"cnnaudit {__version__}: config {source}; probe {images}, count {probe.count}, seed {probe.seed}"
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -278,3 +278,13 @@ class AuditSession:
         self.written.append(
             f"cnnaudit: starting config written to {path}; audit with: pytest --cnnaudit --cnnaudit-config {path}"
         )
+
+
+def _relative_to(path: str | Path | None, root: Path) -> str | None:
+    """``path`` relative to the rootdir when it lies inside it (as pytest prints node ids), else as given."""
+    if path is None:
+        return None
+    try:
+        return str(Path(path).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return str(path)

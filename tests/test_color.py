@@ -92,8 +92,11 @@ def mixed() -> np.ndarray:
     return conv_weight(8, 3, seed=4)
 
 
-def export(net: ColourNet, path: Path) -> Path:
-    """ONNX with a dynamic batch; Conv nodes renamed to their module names (conv1, conv2)."""
+def export(net: ColourNet, path: Path, **options: Any) -> Path:
+    """ONNX with a dynamic batch; Conv nodes renamed to their module names (conv1, conv2).
+
+    ``options`` go to ``torch.onnx.export`` (``do_constant_folding=False`` keeps BatchNorm apart).
+    """
     shape = (1, SIZE, SIZE, 3) if net.channels_last else (1, 3, SIZE, SIZE)
     torch.onnx.export(
         net,
@@ -103,6 +106,7 @@ def export(net: ColourNet, path: Path) -> Path:
         dynamic_axes={"image": {0: "batch"}},
         opset_version=17,
         dynamo=False,
+        **options,
     )
     model = onnx.load(str(path))
     for node in model.graph.node:
@@ -248,6 +252,36 @@ def test_nhwc_bgr_twin_gets_the_same_figures_as_nchw_rgb(tmp_path: Path) -> None
     twin = run(nhwc, channels="BGR")
     assert twin.input.layout == "NHWC"
     assert_same_colour_figures(run(nchw), twin)
+
+
+class NormedColourNet(ColourNet):
+    """ColourNet with a BatchNorm after conv1 whose scales differ strongly between filters."""
+
+    def __init__(self, first_weight: np.ndarray):
+        super().__init__(first_weight)
+        self.bn1 = nn.BatchNorm2d(8)
+        with torch.no_grad():
+            self.bn1.weight.copy_(torch.linspace(0.2, 3.0, 8))
+            self.bn1.running_var.copy_(torch.linspace(4.0, 0.5, 8))
+            self.bn1.running_mean.copy_(torch.linspace(-0.5, 0.5, 8))
+        self.eval()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.relu2(self.conv2(self.relu1(self.bn1(self.conv1(image)))))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_batch_norm_after_the_first_conv_counts_whether_or_not_it_is_folded(tmp_path: Path) -> None:
+    """Exporters fold BatchNorm into conv1 or keep it; the torch graph keeps it: one set of figures."""
+    net = NormedColourNet(mixed())
+    folded = export(net, tmp_path / "folded.onnx")
+    kept = export(net, tmp_path / "kept.onnx", do_constant_folding=False)
+    assert "BatchNormalization" in [node.op_type for node in onnx.load(str(kept)).graph.node]
+    reference = colour(run(folded)).figures["chromatic_share"]
+    assert colour(run(kept)).figures["chromatic_share"] == pytest.approx(reference, abs=1e-6)
+    assert colour(run(net)).figures["chromatic_share"] == pytest.approx(reference, abs=1e-6)
+    # The BatchNorm scales matter here: without them conv1 alone has another energy share.
+    assert colour(run(ColourNet(mixed()))).figures["chromatic_share"] != pytest.approx(reference, abs=1e-3)
 
 
 def test_normalisation_folded_into_the_model_gives_the_same_figures() -> None:

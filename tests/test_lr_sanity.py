@@ -1,7 +1,7 @@
 """Learning-rate sanity: verdicts as pure functions, and the fine-tuning probe on a small healthy CNN.
 
-The healthy CNN is ``example_models``' healthy SmallCNN when it has been built,
-otherwise the same architecture trained briefly here. Probes are kept tiny (8 probe
+The healthy CNN is ``example_models/healthy`` (a SmallCNN trained at a sane rate by
+``example_models/build.py``), as ONNX and as a state_dict. Probes are kept tiny (8 probe
 images, 8 steps of 4 images at 64x64) so that the whole file runs in about a minute.
 """
 
@@ -173,57 +173,12 @@ def test_plan_is_empty_unless_enabled_and_skips_layers_without_zeros() -> None:
 # --------------------------------------------------------------------------- the healthy CNN
 
 
-def _train_briefly(folder: Path) -> None:
-    """SmallCNN trained for 20 steps on the synthetic shapes (one thread: the same weights on every machine)."""
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        import synthetic
-        from arch import SmallCNN
-    finally:
-        sys.path.remove(str(EXAMPLES))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(1)
-    model = SmallCNN(num_classes=4)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for step in range(20):
-        images, labels = synthetic.batch("shapes", 1, step, 16)
-        loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(images)), torch.from_numpy(labels))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    torch.set_num_threads(threads)
-    model.eval()
-    torch.save(model.state_dict(), folder / "healthy.pt")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (torch.zeros(1, 3, SIZE, SIZE),),
-            str(folder / "healthy.onnx"),
-            dynamo=False,
-            input_names=["image"],
-            output_names=["logits"],
-            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=17,
-        )
-    proto = onnx.load(str(folder / "healthy.onnx"))
-    for node in proto.graph.node:
-        if node.op_type == "Conv":
-            node.name = node.name.split("/")[1]  # /conv1/Conv -> conv1, the torch module's name
-    onnx.save(proto, str(folder / "healthy.onnx"))
-
-
 @pytest.fixture(scope="module")
 def healthy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder with healthy.onnx, healthy.pt (a state_dict) and arch.py, its factory."""
+    """A folder with example_models' healthy.onnx, healthy.pt (a state_dict) and arch.py, its factory."""
     folder = tmp_path_factory.mktemp("healthy")
-    shutil.copy(EXAMPLES / "arch.py", folder / "arch.py")
-    if (EXAMPLES / "healthy.onnx").is_file() and (EXAMPLES / "healthy.pt").is_file():
-        shutil.copy(EXAMPLES / "healthy.onnx", folder / "healthy.onnx")
-        shutil.copy(EXAMPLES / "healthy.pt", folder / "healthy.pt")
-    else:
-        _train_briefly(folder)
+    for name in ("arch.py", "healthy.onnx", "healthy.pt"):
+        shutil.copy(EXAMPLES / name, folder / name)
     return folder
 
 

@@ -18,7 +18,7 @@ import onnx
 from ..config import InputSpec
 from ..errors import ModelError
 from .base import ActivationSink, FirstConv, check_finite_outputs, resolve_input_spec
-from .onnx_graph import OnnxGraph, conv_layers, first_conv_node
+from .onnx_graph import OnnxGraph, batch_norm_scale, conv_layers, first_conv_node
 
 
 def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
@@ -125,6 +125,9 @@ class OnnxBackend:
         if node is None or weight is None or weight.ndim != 4:
             return None
         layer = next(info for info in self.layers if info.id in (node.name, node.output[0]))
+        scale = batch_norm_scale(self.graph, node)
+        if scale is not None:
+            weight = weight * scale.reshape(-1, 1, 1, 1)
         return FirstConv(layer_id=layer.id, weight=weight.astype(np.float32))
 
     def close(self) -> None:

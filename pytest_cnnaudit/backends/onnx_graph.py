@@ -248,6 +248,23 @@ def conv_layers(graph: OnnxGraph) -> tuple[tuple[LayerInfo, ...], dict[str, int]
     return tuple(layers), axes
 
 
+def batch_norm_scale(graph: OnnxGraph, conv: onnx.NodeProto) -> np.ndarray | None:
+    """Per-channel scale of a BatchNormalization that alone consumes ``conv``'s output, if any.
+
+    Exporters fold BatchNorm into the Conv before it or keep it separate; weight-based verdicts
+    scale the conv weights by this so both forms of one network give the same figures.
+    """
+    consumers = graph.consumers.get(conv.output[0], [])
+    if len(consumers) != 1 or consumers[0].op_type != "BatchNormalization":
+        return None
+    norm = consumers[0]
+    gamma, variance = graph.constant(norm.input[1]), graph.constant(norm.input[4])
+    if gamma is None or variance is None:
+        return None
+    epsilon = float(_attribute(norm, "epsilon", 1e-5))  # type: ignore[arg-type]
+    return (gamma / np.sqrt(variance + epsilon)).astype(np.float64)
+
+
 def first_conv_node(graph: OnnxGraph, input_name: str) -> onnx.NodeProto | None:
     """The first Conv the image input reaches (breadth-first through any op)."""
     frontier, visited = [input_name], set()

@@ -57,6 +57,11 @@ ACTIVATION_TARGETS = {
     aten.mish.default: "mish",
     aten.hardsigmoid.default: "hard_sigmoid",
 }
+# positions of (weight, running_var, eps) in each eval-mode batch-norm op's arguments
+_BATCH_NORM_ARGS = {
+    aten.batch_norm.default: (1, 4, 7),
+    aten._native_batch_norm_legit_no_training.default: (1, 4, 6),
+}
 CHANNEL_PRESERVING_TARGETS = {
     aten.batch_norm.default,
     aten._native_batch_norm_legit_no_training.default,
@@ -178,7 +183,10 @@ def load_torch_module(path: Path, spec: ModelSpec, config_dir: Path) -> tuple[to
             raise ModelError(f"{path}: not a readable torch.export archive ({type(exc).__name__}: {exc})") from None
     if _is_torchscript(path):
         try:
-            return torch.jit.load(str(path), map_location="cpu"), "torchscript"
+            with warnings.catch_warnings():
+                # torch deprecates TorchScript in favour of torch.export; the user's archive is still valid.
+                warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", FutureWarning)
+                return torch.jit.load(str(path), map_location="cpu"), "torchscript"
         except Exception as exc:
             raise ModelError(f"{path}: not a readable TorchScript archive ({type(exc).__name__})") from None
     loaded = _load_file(path, spec)
@@ -231,6 +239,26 @@ def _weight_name(node: torch.fx.Node) -> str | None:
     if isinstance(weight, torch.fx.Node) and weight.op == "get_attr":
         return str(weight.target).removesuffix(".weight")
     return None
+
+
+def _batch_norm_scale(graph_module: torch.fx.GraphModule, conv: torch.fx.Node) -> np.ndarray | None:
+    """Per-channel scale of an eval-mode BatchNorm that alone consumes ``conv``, if any.
+
+    The ONNX export of the same network usually has it folded into the conv; scaling by it here
+    makes weight-based verdicts agree between the two forms.
+    """
+    users = list(conv.users)
+    if len(users) != 1 or users[0].target not in _BATCH_NORM_ARGS:
+        return None
+    norm = users[0]
+    gamma_at, variance_at, eps_at = _BATCH_NORM_ARGS[norm.target]
+    gamma, variance = norm.args[gamma_at], norm.args[variance_at]
+    constant = [isinstance(arg, torch.fx.Node) and arg.op == "get_attr" for arg in (gamma, variance)]
+    if not constant[1] or not (constant[0] or gamma is None):  # affine=False: no weight, scale 1
+        return None
+    gamma_value = getattr_path(graph_module, str(gamma.target)).detach().double().numpy() if gamma is not None else 1.0
+    variance_value = getattr_path(graph_module, str(variance.target)).detach().double().numpy()
+    return gamma_value / np.sqrt(variance_value + float(norm.args[eps_at]))
 
 
 def _layer_id(node: torch.fx.Node) -> str:
@@ -359,10 +387,13 @@ class TorchBackend:
                 name = _weight_name(node)
                 if name is None:
                     return None
-                weight = getattr_path(self.graph_module, f"{name}.weight").detach().numpy()
-                return (
-                    FirstConv(layer_id=_layer_id(node), weight=weight.astype(np.float32)) if weight.ndim == 4 else None
-                )
+                weight = getattr_path(self.graph_module, f"{name}.weight").detach().numpy().astype(np.float64)
+                if weight.ndim != 4:
+                    return None
+                scale = _batch_norm_scale(self.graph_module, node)
+                if scale is not None:
+                    weight = weight * scale.reshape(-1, 1, 1, 1)
+                return FirstConv(layer_id=_layer_id(node), weight=weight.astype(np.float32))
         return None
 
     def close(self) -> None:
