@@ -15,7 +15,7 @@ and running them, so the time ratio is what a user pays for an audit over
 plain inference; the probe generation time is printed on its own. The torch
 audit's time includes tracing the module with ``torch.export``, which bare
 inference does not need (also printed on its own). The streaming row compares
-the audit's peak RSS at a few and at many probe images.
+the audit's peak RSS at a few and at many probe images (lowest of ``--repeat`` runs each).
 
 Run: ``python benchmarks/bench_audit.py [--quick]``; ``--help`` lists the options.
 A single measurement is ``--worker KIND MODEL BACKEND IMAGES BATCH CACHE``, which is
@@ -366,7 +366,12 @@ def main() -> None:
             f"resnet18 torch: torch.export of the module {audit['open_seconds']:.2f} s of the audit; "
             f"{cpu_ratio(bare, audit)}"
         )
-    few, many = (measure("audit", "resnet18", "onnx", n, batch, args.cache) for n in args.streaming)  # memory only
+    # Memory only, interleaved, lowest peak of --repeat runs each: onnxruntime's arena moves a run's peak
+    # by tens of MB either way, which a single pair of runs can mistake for growth (or hide).
+    streaming = [
+        [measure("audit", "resnet18", "onnx", n, batch, args.cache) for n in args.streaming] for _ in range(args.repeat)
+    ]
+    few, many = (min((runs[i] for runs in streaming), key=lambda run: run["peak_mb"]) for i in (0, 1))
 
     print(
         f"\nFastest of {args.repeat} runs each; probe images generated inside both timings; "
@@ -376,7 +381,7 @@ def main() -> None:
     print("|" + "---|" * len(COLUMNS))
     print("\n".join(rows))
     print(
-        f"\nStreaming (resnet18, onnx, batch {batch}): audit peak RSS {few['peak_mb']:.0f} MB at {args.streaming[0]} "
+        f"\nStreaming (resnet18, onnx, batch {batch}, lowest of {args.repeat}): audit peak RSS {few['peak_mb']:.0f} MB at {args.streaming[0]} "
         f"images, {many['peak_mb']:.0f} MB at {args.streaming[1]} ({many['peak_mb'] / few['peak_mb']:.2f}x)\n"
     )
     for note in notes:

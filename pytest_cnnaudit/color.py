@@ -14,7 +14,7 @@ Two measures, each deciding one thing:
   three axes); the first layers of trained ImageNet CNNs have 20-40% of their filters
   above one half.
 - **Colour selectivity index** (every measured layer, from activations; Rafegas &
-  Vanrell). For each channel, its top :data:`TOP_IMAGES` probe images by per-image
+  Vanrell). For each channel, its top :data:`stats.TOP_IMAGES` probe images by per-image
   maximum activation (kept by the main pass, not rerun) are run again as their
   achromatic twins (each pixel replaced by its Rec. 601 luma, :func:`probes.grayscale`),
   and ``CSI = 1 - sum(gray maxima) / sum(colour maxima)``, clipped to [0, 1]. A channel
@@ -54,6 +54,7 @@ from .config import AuditConfig, InputSpec, LayerColorBound, ModelSpec
 from .measure import run_padded
 from .probes import ProbeSet, grayscale, pattern_probes, to_model_input
 from .result import Verdict
+from .stats import TOP_IMAGES
 
 if TYPE_CHECKING:
     from .audit import AuditContext
@@ -67,8 +68,6 @@ OPPONENT_BASIS = np.array(
     ]
 )
 OPPONENT_AXES = ("achromatic", "red_green", "blue_yellow")
-#: Images per channel whose achromatic twins give its CSI (a quarter of the default 32 probes).
-TOP_IMAGES = 8
 GRAY_INPUT_REASON = "one-channel input: colour sensitivity does not apply"
 
 
@@ -104,11 +103,6 @@ def chromatic_share(energy: np.ndarray) -> float:
     """The whole layer's opponent-axis energy over its total energy (filters weighted by their energy)."""
     total = float(energy.sum())
     return float(energy[:, 1:].sum()) / total if total > 0 else 0.0
-
-
-def top_images(input_max: np.ndarray, k: int) -> np.ndarray:
-    """(min(k, N), C): per channel, the indices of its k images of highest maximum activation."""
-    return np.argsort(-input_max, axis=0, kind="stable")[:k]
 
 
 def colour_selectivity(colour: np.ndarray, gray: np.ndarray) -> np.ndarray:
@@ -259,18 +253,17 @@ class ColorAnalysis:
         measured = [layer for layer in context.layers if layer.stats is not None]
         if not measured:
             return {}, 0
-        k = min(TOP_IMAGES, context.probes.count)
-        needed = np.unique(np.concatenate([top_images(layer.stats.input_max, k).ravel() for layer in measured]))
+        needed = np.unique(np.concatenate([layer.stats.top_images.ravel() for layer in measured]))
         gray_max = gray_pass(context.backend, context.probes, needed, context.batch_size)
         row = np.full(context.probes.count, -1)
         row[needed] = np.arange(needed.size)
         tensors = {info.id: info.tensor for info in context.backend.layers}
         csi = {}
         for layer in measured:
-            top = top_images(layer.stats.input_max, k)  # (k, C)
+            top = layer.stats.top_images  # (k, C)
             channels = np.arange(top.shape[1])[None, :]
             gray = gray_max[tensors[layer.id]][row[top], channels]
-            csi[layer.id] = colour_selectivity(layer.stats.input_max[top, channels], gray)
+            csi[layer.id] = colour_selectivity(layer.stats.top_max, gray)
         return csi, int(needed.size)
 
     @staticmethod

@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 
 from .backends.base import ActivationSink, LayerInfo
-from .backends.torch import export_graph, getattr_path, instrument, load_torch_module
+from .backends.torch import TorchBackend, export_graph, getattr_path, instrument, load_torch_module
 from .checks.lr_sanity import TrainingRun
 from .config import InputSpec, LrSanityCheck
 from .errors import ModelError, ProbeError
@@ -236,23 +236,32 @@ def _example(spec: InputSpec, batch: int) -> torch.Tensor:
 
 
 def torch_network(context: AuditContext, batch_size: int) -> ProbeNetwork:
-    """The exported graph of a private copy of a torch model, trainable and tapped like the main pass."""
-    source = _fresh_copy(context)
-    try:
-        graph_module, fixed_batch = export_graph(source, _example(context.backend.input_spec, batch_size), context.name)
-    except ModelError as exc:
-        raise ProbeUnavailable(str(exc)) from None
+    """A private, trainable copy of a torch model's exported graph, tapped like the main pass.
+
+    The main pass's graph is copied when it can be; a TorchScript model is loaded and
+    exported again, at the training batch size.
+    """
     tap = _Tap()
-    layers = instrument(graph_module, tap.record)
+    backend = context.backend
+    graph_module = backend.trainable_copy(tap.record) if isinstance(backend, TorchBackend) else None
+    if graph_module is not None:
+        layers, fixed_batch, source = backend.layers, backend.fixed_batch, None
+    else:
+        source = _fresh_copy(context)
+        try:
+            graph_module, fixed_batch = export_graph(source, _example(backend.input_spec, batch_size), context.name)
+        except ModelError as exc:
+            raise ProbeUnavailable(str(exc)) from None
+        layers = instrument(graph_module, tap.record)
     return ProbeNetwork(
         module=graph_module,
         layers=layers,
         tap=tap,
-        input_spec=context.backend.input_spec,
+        input_spec=backend.input_spec,
         fixed_batch=fixed_batch,
         trainable=_trainable_tensors(graph_module, source),
         set_batch_norm_training=GraphBatchNorm(graph_module),
-        description=f"torch.export graph of a copy of the {context.backend.format}",
+        description=f"torch.export graph of a copy of the {backend.format}",
     )
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from .backends.base import ActivationSink, Backend
 from .errors import ModelError
 from .probes import ProbeSet, to_model_input
-from .stats import ChannelAccumulator, ChannelStats, NonFiniteActivations
+from .stats import ChannelAccumulator, ChannelStats, NonFiniteActivations, single_threaded_blas
 
 
 def run_padded(backend: Backend, batch: np.ndarray, sink: ActivationSink) -> None:
@@ -93,9 +93,10 @@ def measure(
     done = 0
     if progress is not None:
         progress(done, probes.count)
-    for batch in probes.batches(batch_size):
-        run_padded(backend, to_model_input(batch, backend.input_spec), sink)
-        done += batch.shape[0]
-        if progress is not None:
-            progress(done, probes.count)
+    with single_threaded_blas():
+        for batch in probes.batches(batch_size):
+            run_padded(backend, to_model_input(batch, backend.input_spec), sink)
+            done += batch.shape[0]
+            if progress is not None:
+                progress(done, probes.count)
     return {key: accumulator.result() for key, accumulator in accumulators.items()}

@@ -116,7 +116,7 @@ def test_planted_dead_channels_in_every_file_format(fmt: str, tmp_path: Path) ->
     assert model.format == fmt
     assert [layer.dead_channels for layer in model.layers] == EXPECTED_DEAD
     assert [layer.channels for layer in model.layers] == [8, 8, 8]
-    assert {(layer.stats.count, layer.stats.input_max.shape) for layer in model.layers} == {(7 * 32 * 32, (7, 8))}
+    assert {(layer.stats.count, layer.stats.top_images.shape) for layer in model.layers} == {(7 * 32 * 32, (7, 8))}
     if fmt == "onnx":
         assert [layer.id for layer in model.layers] == ["/conv1/Conv", "/conv2/Conv", "/conv3/Conv"]
     else:

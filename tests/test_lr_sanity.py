@@ -26,6 +26,7 @@ from onnx_text_models import save, two_conv_model
 from PIL import Image
 
 from pytest_cnnaudit.audit import audit_model
+from pytest_cnnaudit.backends.torch import TorchBackend
 from pytest_cnnaudit.checks.lr_sanity import (
     LrSanityAnalysis,
     TrainingRun,
@@ -316,6 +317,23 @@ def test_torchscript_and_exported_programs_train_under_the_same_layer_ids(
     assert set(outcomes(result)) == set(outcomes(lr_audit("healthy.pt", f"lr: {HIGH_LR}")))
     assert "failed" in {v.outcome for v in result.verdicts if v.layer is not None}  # its weights were trained
     assert fmt in model_verdict(result).figures["trainable_copy"]
+
+
+def test_the_trainable_copy_of_the_measured_graph_shares_no_tensor_and_records_to_the_probe() -> None:
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU()).eval()
+    backend = TorchBackend(model, "module", InputSpec(size=(8, 8)), "net", batch_size=2)
+    recorded: list[str] = []
+    copied = backend.trainable_copy(lambda key, activation: recorded.append(key))
+    assert copied is not None
+    originals = {tensor.untyped_storage().data_ptr() for tensor in backend.graph_module.state_dict().values()}
+    assert not originals & {tensor.untyped_storage().data_ptr() for tensor in copied.state_dict().values()}
+    copied(torch.rand(2, 3, 8, 8))
+    assert recorded == [layer.tensor for layer in backend.layers]  # to the probe's tap, not the backend's sink
+    before = [tensor.clone() for tensor in backend.graph_module.state_dict().values()]
+    with torch.no_grad():
+        for tensor in copied.state_dict().values():
+            tensor.add_(1)
+    assert all(torch.equal(a, b) for a, b in zip(before, backend.graph_module.state_dict().values()))
 
 
 @pytest.mark.parametrize("decomposed", [False, True])

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pytest_cnnaudit.stats import ChannelAccumulator, ChannelStats
+from pytest_cnnaudit import stats as stats_module
+from pytest_cnnaudit.stats import PARALLEL_MIN_VALUES, TOP_IMAGES, ChannelAccumulator, ChannelStats
 
 FINITE = st.floats(min_value=-100.0, max_value=100.0, width=32, allow_nan=False, allow_infinity=False)
 #: Exact zeros are what the audit counts, so they come up often; so do tiny values near an eps.
@@ -35,14 +36,16 @@ def splits(draw: st.DrawFn, n: int) -> list[int]:
     return sorted(cuts)
 
 
-def accumulate(array: np.ndarray, cuts: list[int], eps: float = 0.0, channel_axis: int = 1) -> ChannelStats:
-    accumulator = ChannelAccumulator(eps)
+def accumulate(
+    array: np.ndarray, cuts: list[int], eps: float = 0.0, channel_axis: int = 1, top_k: int = TOP_IMAGES
+) -> ChannelStats:
+    accumulator = ChannelAccumulator(eps, top_k)
     for batch in np.split(array, cuts, axis=0):
         accumulator.update(batch, channel_axis)
     return accumulator.result()
 
 
-def assert_matches_numpy(stats: ChannelStats, nchw: np.ndarray, eps: float = 0.0) -> None:
+def assert_matches_numpy(stats: ChannelStats, nchw: np.ndarray, eps: float = 0.0, top_k: int = TOP_IMAGES) -> None:
     """Compare with numpy over the whole (N, C, H, W) array, computed in float64."""
     n, c, h, w = nchw.shape
     values = nchw.astype(np.float64)
@@ -55,18 +58,22 @@ def assert_matches_numpy(stats: ChannelStats, nchw: np.ndarray, eps: float = 0.0
     # Variance is compared at float32 precision of the values' scale: inputs are float32.
     np.testing.assert_allclose(stats.var, values.var(axis=(0, 2, 3)), rtol=1e-6, atol=1e-7 * scale**2)
     assert stats.dead_channels == tuple(int(i) for i in np.flatnonzero(zero.all(axis=(0, 2, 3))))
-    np.testing.assert_array_equal(stats.input_max, nchw.max(axis=(2, 3)))
-    np.testing.assert_allclose(stats.input_mean, values.mean(axis=(2, 3)), rtol=1e-6, atol=1e-6 * scale)
+    # Each channel's top images over the whole set, ties to the earlier image (a stable sort).
+    per_image_max = nchw.max(axis=(2, 3))
+    top = np.argsort(-per_image_max, axis=0, kind="stable")[:top_k]
+    np.testing.assert_array_equal(stats.top_images, top)
+    np.testing.assert_array_equal(stats.top_max, np.take_along_axis(per_image_max, top, axis=0))
     assert stats.channels == c
     assert stats.sparsity == pytest.approx(zero.sum() / zero.size)
 
 
 @settings(max_examples=150, deadline=None)
-@given(data=st.data())
-def test_any_split_matches_whole_array(data: st.DataObject) -> None:
+@given(data=st.data(), top_k=st.integers(1, 8))
+def test_any_split_matches_whole_array(data: st.DataObject, top_k: int) -> None:
+    """Including each channel's top images when fewer are kept than there are images."""
     array = data.draw(activations())
     cuts = data.draw(splits(array.shape[0]))
-    assert_matches_numpy(accumulate(array, cuts), array)
+    assert_matches_numpy(accumulate(array, cuts, top_k=top_k), array, top_k=top_k)
 
 
 @settings(max_examples=100, deadline=None)
@@ -84,6 +91,22 @@ def test_eps_counts_near_zero_values(data: st.DataObject, eps: float) -> None:
     array = data.draw(activations())
     cuts = data.draw(splits(array.shape[0]))
     assert_matches_numpy(accumulate(array, cuts, eps=eps), array, eps=eps)
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-3])
+def test_images_reduced_on_the_thread_pool_match_numpy(eps: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Maps large enough for the pool give numpy's answer, and the same bits as reducing them serially."""
+    rng = np.random.default_rng(0)
+    array = np.maximum(rng.normal(0, 1, (5, 16, 64, 64)), 0).astype(np.float32)  # 65536 values per image
+    array[:, 3] = 0.0  # a dead channel
+    array[2, :, :5] = 1e-4  # near-zero values for the eps case
+    assert array[0].size >= PARALLEL_MIN_VALUES
+    pooled = accumulate(array, [2], eps)
+    assert_matches_numpy(pooled, array, eps)
+    monkeypatch.setattr(stats_module, "PARALLEL_MIN_VALUES", array[0].size + 1)
+    serial = accumulate(array, [2], eps)
+    for field in ("zeros", "max", "mean", "var", "top_images", "top_max"):
+        np.testing.assert_array_equal(getattr(pooled, field), getattr(serial, field))
 
 
 def test_eps_zero_counts_only_exact_zeros() -> None:
@@ -136,16 +159,17 @@ def test_keeps_no_reference_to_batches() -> None:
     gc.collect()
     assert all(ref() is None for ref in refs)
     stats = accumulator.result()
-    assert stats.input_max.shape == (24, 8)
-    assert not np.shares_memory(stats.input_max, stats.input_mean)
+    assert stats.top_images.shape == stats.top_max.shape == (TOP_IMAGES, 8)
+    assert stats.top_images.max() < 24
 
 
 def test_accumulated_state_does_not_grow_with_positions() -> None:
-    """Per-channel state is (C,); only the per-image summaries grow, by one row per image."""
-    accumulator = ChannelAccumulator()
+    """Per-channel state is (C,) plus each channel's top images, (k, C): nothing grows with images."""
+    accumulator = ChannelAccumulator(top_k=3)
     for _ in range(5):
         accumulator.update(np.ones((2, 4, 64, 64), dtype=np.float32))
     stats = accumulator.result()
     assert stats.zeros.shape == stats.max.shape == stats.mean.shape == stats.var.shape == (4,)
-    assert stats.input_max.shape == stats.input_mean.shape == (10, 4)
+    assert stats.top_images.shape == stats.top_max.shape == (3, 4)
+    np.testing.assert_array_equal(stats.top_images[:, 0], [0, 1, 2])  # all equal: the earliest images
     assert stats.count == 10 * 64 * 64

@@ -14,6 +14,7 @@ module is refused unless the config says ``trust_pickle: true``.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import sys
@@ -341,6 +342,22 @@ class TorchBackend:
         self.layers = instrument(self.graph_module, self._record)
         if not self.layers:
             raise ModelError(f"{name}: the model has no convolution layer, so there is nothing to audit")
+
+    def trainable_copy(self, record: Callable[[str, torch.Tensor], None]) -> torch.fx.GraphModule | None:
+        """A deep copy of the measured graph, weights included, whose recording calls go to ``record``.
+
+        It saves the learning-rate probe a second ``torch.export`` of the model (about half a
+        second for a resnet18). None for a converted TorchScript model, whose graph is fixed to
+        the main pass's batch size: the probe exports its own at the training batch size.
+        """
+        if self.format == "torchscript":
+            return None
+        copied = copy.deepcopy(self.graph_module)
+        for node in copied.graph.nodes:
+            if node.op == "call_function" and node.target == self._record:
+                node.target = record
+        copied.recompile()
+        return copied
 
     @staticmethod
     def _declared_shape(model: Any) -> tuple[int | None, ...] | None:
