@@ -229,6 +229,9 @@ class AuditSession:
 
         lines = summary_lines(self.state.records)
         if lines and terminalreporter.verbosity >= 0:
+            # Ends the last progress line as pytest's own summaries do; without it the first
+            # write_line would, leaving a blank line under the section's title.
+            terminalreporter.ensure_newline()
             terminalreporter.section("cnnaudit")
             for line in lines:
                 terminalreporter.write_line(line)

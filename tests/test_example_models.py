@@ -83,7 +83,11 @@ def literal_brackets(pattern: str) -> str:
 
 @pytest.fixture
 def examples(pytester: pytest.Pytester) -> Path:
-    """A copy of example_models/ as the test's working directory."""
+    """A copy of example_models/ as the test's working directory.
+
+    The runs below are subprocesses, as a user's are: an in-process pytester run drops the
+    modules it imported (torch.export's among them), and importing them again fails.
+    """
     for path in EXAMPLES.iterdir():
         if path.is_file():
             shutil.copy(path, pytester.path / path.name)
@@ -94,15 +98,17 @@ def examples(pytester: pytest.Pytester) -> Path:
 def test_first_command_passes_on_the_examples_that_should_pass(
     examples: Path, pytester: pytest.Pytester, name: str
 ) -> None:
-    result = pytester.runpytest("--cnnaudit", f"{name}.onnx", "--cnnaudit-config", f"{name}.yaml")
+    result = pytester.runpytest_subprocess("--cnnaudit", f"{name}.onnx", "--cnnaudit-config", f"{name}.yaml")
     outcomes = result.parseoutcomes()
     assert result.ret == 0, result.stdout.str()
     assert outcomes["passed"] >= 14 and "failed" not in outcomes
     result.stdout.fnmatch_lines([f"cnnaudit *: config {name}.yaml; probe shipped photographs, count 32, seed 0"])
+    # The summary's title, then straight the first model's table (no stray blank line).
+    result.stdout.fnmatch_lines(["*= cnnaudit =*", f"{name}.onnx", "  layer  channels  sparsity *"], consecutive=True)
 
 
 def test_high_lr_config_fails_naming_the_dead_channels(examples: Path, pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest("--cnnaudit", "high_lr.onnx", "--cnnaudit-config", "high_lr.yaml")
+    result = pytester.runpytest_subprocess("--cnnaudit", "high_lr.onnx", "--cnnaudit-config", "high_lr.yaml")
     assert result.ret == 1
     channels = expected_dead(examples)["conv3"]
     finding = f"dead_filters[conv3]: {len(channels)} of 32 channels never active (*) > * channels {channels}"
