@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gc
+import os
+import signal
+import time
 import weakref
 
 import numpy as np
@@ -107,6 +110,29 @@ def test_images_reduced_on_the_thread_pool_match_numpy(eps: float, monkeypatch: 
     serial = accumulate(array, [2], eps)
     for field in ("zeros", "max", "mean", "var", "top_images", "top_max"):
         np.testing.assert_array_equal(getattr(pooled, field), getattr(serial, field))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_child_reduces_on_a_pool_of_its_own() -> None:
+    """The parent's pool threads do not exist in a forked child; the child must not wait on them."""
+    array = np.ones((2, 16, 64, 64), np.float32)  # large enough for the pool
+    accumulate(array, [])  # the parent's pool exists now
+    pid = os.fork()
+    if pid == 0:  # the child: reduce once more, exit 0 when it finishes
+        try:
+            accumulate(array, [])
+        finally:
+            os._exit(0)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung reducing a batch")
 
 
 def test_eps_zero_counts_only_exact_zeros() -> None:
