@@ -106,12 +106,7 @@ def sparsity_chart(rows: list[dict[str, Any]], highlight: str | None = None) -> 
     axes.set_ylabel("zero fraction")
     axes.set_title("activation sparsity per layer", fontsize=10)
     _layer_axis(axes, layer_ids, highlight)
-    axes.legend(
-        handles=[Patch(color=PASSED, label="passed"), Patch(color=FAILED, label="failed"), _dashed("min / max")],
-        fontsize=7,
-        loc="upper left",
-        bbox_to_anchor=(1.0, 1.0),
-    )
+    _outcome_legend(axes, "min / max")
     return figure
 
 
@@ -136,13 +131,14 @@ def dead_chart(rows: list[dict[str, Any]], highlight: str | None = None) -> Figu
     axes.set_ylabel("dead fraction")
     axes.set_title("never-active channels per layer", fontsize=10)
     _layer_axis(axes, layer_ids, highlight)
-    axes.legend(
-        handles=[Patch(color=PASSED, label="passed"), Patch(color=FAILED, label="failed"), _dashed("allowed")],
-        fontsize=7,
-        loc="upper left",
-        bbox_to_anchor=(1.0, 1.0),
-    )
+    _outcome_legend(axes, "allowed")
     return figure
+
+
+def _outcome_legend(axes: Any, dashed: str) -> None:
+    """The per-layer charts' legend, right of the plot: bar colours by outcome and what the dashes mark."""
+    handles = [Patch(color=PASSED, label="passed"), Patch(color=FAILED, label="failed"), _dashed(dashed)]
+    axes.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 
 
 def _dashed(label: str) -> Line2D:

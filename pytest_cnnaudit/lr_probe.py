@@ -42,7 +42,6 @@ import copy
 import gc
 import math
 import operator
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ from .backends.base import ActivationSink, LayerInfo
 from .backends.torch import TorchBackend, export_graph, getattr_path, instrument, load_torch_module
 from .checks.lr_sanity import TrainingRun
 from .config import InputSpec, LrSanityCheck
+from .cpus import usable_cpus
 from .errors import ModelError, ProbeError
 from .measure import measure
 from .probes import IMAGE_SUFFIXES, ProbeSet, to_model_input
@@ -72,8 +72,7 @@ aten = torch.ops.aten
 
 def probe_threads() -> int:
     """The probe's thread count: the CPUs this process may run on, at most :data:`MAX_THREADS`."""
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(MAX_THREADS, available)
+    return min(MAX_THREADS, usable_cpus())
 
 
 class ProbeUnavailable(Exception):

@@ -221,7 +221,8 @@ class AuditSession:
 
         probe = self.state.audit_config.probe
         images = probe.images or "shipped photographs"
-        source = _relative_to(self.state.config_path, config.rootpath) or "defaults (no cnnaudit.yaml)"
+        path = self.state.config_path
+        source = _relative_to(path, config.rootpath) if path else "defaults (no cnnaudit.yaml)"
         return f"cnnaudit {__version__}: config {source}; probe {images}, count {probe.count}, seed {probe.seed}"
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -283,10 +284,8 @@ class AuditSession:
         )
 
 
-def _relative_to(path: str | Path | None, root: Path) -> str | None:
+def _relative_to(path: str, root: Path) -> str:
     """``path`` relative to the rootdir when it lies inside it (as pytest prints node ids), else as given."""
-    if path is None:
-        return None
     try:
         return str(Path(path).resolve().relative_to(root.resolve()))
     except ValueError:

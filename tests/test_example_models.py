@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pytest_cnnaudit import audit
-from pytest_cnnaudit.result import ModelAudit
+from pytest_cnnaudit.result import ModelAudit, Verdict
 
 pytest_plugins = ["pytester"]
 
@@ -37,6 +37,10 @@ def expected_dead(folder: Path) -> dict[str, list[int]]:
 
 def dead_channels(model: ModelAudit) -> dict[str, list[int]]:
     return {layer.id: list(layer.dead_channels) for layer in model.layers}
+
+
+def first_layer_colour(model: ModelAudit) -> Verdict:
+    return next(v for v in model.verdicts if v.check == "color" and v.layer == "conv1")
 
 
 def audited(folder: Path, name: str, suffix: str) -> ModelAudit:
@@ -72,8 +76,8 @@ def test_onnx_and_state_dict_forms_get_the_same_figures(name: str) -> None:
     assert [(v.check, v.layer, v.outcome) for v in onnx_form.verdicts] == [
         (v.check, v.layer, v.outcome) for v in torch_form.verdicts
     ]
-    colour = [next(v for v in m.verdicts if v.check == "color" and v.layer == "conv1") for m in (onnx_form, torch_form)]
-    assert colour[0].figures["chromatic_share"] == pytest.approx(colour[1].figures["chromatic_share"], abs=1e-4)
+    shares = [first_layer_colour(model).figures["chromatic_share"] for model in (onnx_form, torch_form)]
+    assert shares[0] == pytest.approx(shares[1], abs=1e-4)
 
 
 def literal_brackets(pattern: str) -> str:
@@ -132,8 +136,5 @@ def test_a_rebuilt_model_agrees_with_the_shipped_one(tmp_path: Path) -> None:
         assert new.id == old.id
         assert new.sparsity == pytest.approx(old.sparsity, abs=SPARSITY_TOLERANCE), new.id
         assert abs(len(new.dead_channels) - len(old.dead_channels)) <= DEAD_COUNT_TOLERANCE, new.id
-    selective = [
-        next(v for v in m.verdicts if v.check == "color" and v.layer == "conv1").figures["selective_count"]
-        for m in (rebuilt, shipped)
-    ]
+    selective = [first_layer_colour(model).figures["selective_count"] for model in (rebuilt, shipped)]
     assert abs(selective[0] - selective[1]) <= SELECTIVE_COUNT_TOLERANCE

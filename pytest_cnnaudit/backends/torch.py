@@ -253,13 +253,17 @@ def _batch_norm_scale(graph_module: torch.fx.GraphModule, conv: torch.fx.Node) -
         return None
     norm = users[0]
     gamma_at, variance_at, eps_at = _BATCH_NORM_ARGS[norm.target]
-    gamma, variance = norm.args[gamma_at], norm.args[variance_at]
-    constant = [isinstance(arg, torch.fx.Node) and arg.op == "get_attr" for arg in (gamma, variance)]
-    if not constant[1] or not (constant[0] or gamma is None):  # affine=False: no weight, scale 1
+    gamma, variance = (_constant(graph_module, norm.args[at]) for at in (gamma_at, variance_at))
+    if variance is None or (gamma is None and norm.args[gamma_at] is not None):
         return None
-    gamma_value = getattr_path(graph_module, str(gamma.target)).detach().double().numpy() if gamma is not None else 1.0
-    variance_value = getattr_path(graph_module, str(variance.target)).detach().double().numpy()
-    return gamma_value / np.sqrt(variance_value + float(norm.args[eps_at]))
+    return (1.0 if gamma is None else gamma) / np.sqrt(variance + float(norm.args[eps_at]))  # affine=False: 1
+
+
+def _constant(graph_module: torch.fx.GraphModule, arg: Any) -> np.ndarray | None:
+    """The float64 value of a graph argument that is a stored tensor (a parameter or buffer), else None."""
+    if isinstance(arg, torch.fx.Node) and arg.op == "get_attr":
+        return getattr_path(graph_module, str(arg.target)).detach().double().numpy()
+    return None
 
 
 def _layer_id(node: torch.fx.Node) -> str:
