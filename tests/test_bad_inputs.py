@@ -196,6 +196,12 @@ def _torch_files(tmp: Path) -> None:
         "    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())\n"
         "def other():\n"
         "    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 5), torch.nn.ReLU())\n"
+        "def wide(width):\n"
+        "    return torch.nn.Sequential(torch.nn.Conv2d(3, width, 3), torch.nn.ReLU())\n"
+        "def named():\n"
+        "    module = torch.nn.Module()\n"
+        "    module.conv = torch.nn.Conv2d(3, 4, 3)\n"
+        "    return module\n"
     )
     module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
     torch.save(module.state_dict(), tmp / "weights.pt")
@@ -206,6 +212,17 @@ TORCH_CASES = {
     "pickled module without opt-in": ("module.pt", "", "holds pickled Python objects"),
     "state_dict without factory": ("weights.pt", "", "name the architecture with models[].factory"),
     "state_dict, wrong factory": ("weights.pt", "factory: arch:other", "does not fit factory arch:other"),
+    "state_dict, wrong factory_kwargs": (
+        "weights.pt",
+        "factory: arch:wide, factory_kwargs: {width: 6}",
+        "does not fit factory arch:wide (factory_kwargs {'width': 6}): 0.weight is [4, 3, 3, 3] in the file, "
+        "[6, 3, 3, 3] in the model (and 1 more tensor)",
+    ),
+    "state_dict, other layer names": (
+        "weights.pt",
+        "factory: arch:named",
+        "does not fit factory arch:named: the file lacks conv.weight and 1 more; the model has no 0.weight and 1 more",
+    ),
     "factory module missing": ("weights.pt", "factory: nosuchmodule:net", "cannot import factory module"),
     "factory malformed": ("weights.pt", "factory: arch.net", "must look like 'module:callable'"),
     "factory not callable": ("weights.pt", "factory: arch:torch", "arch has no callable 'torch'"),

@@ -202,9 +202,37 @@ def load_torch_module(path: Path, spec: ModelSpec, config_dir: Path) -> tuple[to
     try:
         module.load_state_dict(state_dict)
     except RuntimeError as exc:
-        detail = " ".join(str(exc).split())[:300]
-        raise ModelError(f"{path}: does not fit factory {spec.factory}: {detail}") from None
+        factory = f"{spec.factory} (factory_kwargs {spec.factory_kwargs})" if spec.factory_kwargs else spec.factory
+        detail = _state_dict_mismatch(module.state_dict(), state_dict) or " ".join(str(exc).split())[:300]
+        raise ModelError(f"{path}: does not fit factory {factory}: {detail}") from None
     return module, "state_dict"
+
+
+def _state_dict_mismatch(expected: dict[str, Any], found: dict[str, Any]) -> str:
+    """Where a file's tensors and the factory's module differ, in one short clause per kind.
+
+    torch's own message lists every mismatch over many lines; the first of each kind and a
+    count say what is wrong (usually the wrong factory_kwargs or the wrong architecture).
+    """
+
+    def first(keys: list[str], noun: str) -> str:
+        more = f" and {len(keys) - 1} more" if len(keys) > 1 else ""
+        return f"{noun} {keys[0]}{more}"
+
+    shapes = [key for key in expected if key in found and tuple(expected[key].shape) != tuple(found[key].shape)]
+    missing = [key for key in expected if key not in found]
+    unexpected = [key for key in found if key not in expected]
+    clauses = []
+    if shapes:
+        key = shapes[0]
+        others = len(shapes) - 1
+        more = f" (and {others} more tensor{'s' if others > 1 else ''})" if others else ""
+        clauses.append(f"{key} is {list(found[key].shape)} in the file, {list(expected[key].shape)} in the model{more}")
+    if missing:
+        clauses.append(first(missing, "the file lacks"))
+    if unexpected:
+        clauses.append(first(unexpected, "the model has no"))
+    return "; ".join(clauses)
 
 
 def export_graph(model: Any, example: torch.Tensor, name: str) -> tuple[torch.fx.GraphModule, int | None]:
