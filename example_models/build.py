@@ -346,10 +346,10 @@ def relu_activity(model: SmallCNN, batches: Iterable[torch.Tensor]) -> dict[str,
 def probe_batches() -> list[torch.Tensor]:
     """The package's default probe images (32 seeded photo crops), NCHW, in batches of 16."""
     try:
-        from pytest_cnnaudit.probes import default_probe_set
+        from pytest_cnnaudit.engine.probes import default_probe_set
     except ImportError:  # a checkout without the package installed
         sys.path.insert(0, str(HERE.parent))
-        from pytest_cnnaudit.probes import default_probe_set
+        from pytest_cnnaudit.engine.probes import default_probe_set
     probes = default_probe_set(size=(64, 64), count=32, seed=0)
     return [torch.from_numpy(np.ascontiguousarray(batch.transpose(0, 3, 1, 2))) for batch in probes.batches(16)]
 

@@ -1,17 +1,23 @@
 """pytest-cnnaudit: audit convolutional networks before they ship.
 
 Public API (no pytest import): :func:`audit` a model, :func:`load_config` a
-``cnnaudit.yaml``, and the frozen result types it returns.
+``cnnaudit.yaml``, and the audit document types it returns.
 """
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .audit import audit
 from .config import AuditConfig, load_config
+from .document import (
+    AuditDocument,
+    Baseline,
+    LayerDocument,
+    ModelDocument,
+    Verdict,
+)
+from .engine.audit import audit
 from .errors import CnnAuditError, ConfigError, ModelError, ProbeError
-from .result import AuditResult, LayerResult, ModelAudit, Verdict
 
 try:
     __version__ = version("pytest-cnnaudit")
@@ -20,15 +26,16 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 __all__ = [
     "AuditConfig",
-    "AuditResult",
+    "AuditDocument",
+    "Baseline",
     "CnnAuditError",
     "ConfigError",
-    "LayerResult",
-    "ModelAudit",
+    "LayerDocument",
+    "ModelDocument",
     "ModelError",
     "ProbeError",
     "Verdict",
+    "__version__",
     "audit",
     "load_config",
-    "__version__",
 ]

@@ -22,3 +22,9 @@ class ModelError(CnnAuditError):
 
 class ProbeError(CnnAuditError):
     """The probe images cannot be read."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``TypeError: what it said``, first line only: how an unexpected exception is reported."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__

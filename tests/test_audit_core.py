@@ -15,23 +15,24 @@ import torch
 from modelbuilders import export_onnx, small_convnet
 
 import pytest_cnnaudit
-from pytest_cnnaudit.audit import LAYER_CHECKS, audit_model
 from pytest_cnnaudit.config import AuditConfig, InputSpec, ModelSpec, parse_config
+from pytest_cnnaudit.document import SCHEMA, AuditDocument, ModelDocument, Verdict, dump_json
+from pytest_cnnaudit.engine.audit import audit_model
 from pytest_cnnaudit.errors import CnnAuditError
-from pytest_cnnaudit.result import SCHEMA, ModelAudit, Verdict, dump_json
 
 SIZE = (32, 32)
 PROBE = "probe: {count: 7, batch_size: 4}"  # 7: fixed-batch formats pad their last batch
 PLANTED = {"conv2": (1, 5)}
 EXPECTED_DEAD = [(), (1, 5), ()]  # conv1, conv2, conv3
+LAYER_CHECKS = ("sparsity", "dead_filters")
 
 
-def audit_module(module: torch.nn.Module, config: AuditConfig | None = None) -> ModelAudit:
+def audit_module(module: torch.nn.Module, config: AuditConfig | None = None) -> ModelDocument:
     config = config or parse_config(PROBE)
     return audit_model(module, config, ModelSpec(path=type(module).__name__, input=InputSpec(size=SIZE)))
 
 
-def layer_verdicts(result: ModelAudit) -> list[Verdict]:
+def layer_verdicts(result: ModelDocument) -> list[Verdict]:
     """The verdicts of the per-layer checks of the main pass (sparsity, dead filters)."""
     return [v for v in result.verdicts if v.check in LAYER_CHECKS]
 
@@ -101,7 +102,7 @@ def test_planted_dead_channels_in_torch_module() -> None:
     assert [layer.id for layer in result.layers] == ["conv1", "conv2", "conv3"]
     assert [layer.activation for layer in result.layers] == ["relu"] * 3
     assert [layer.dead_channels for layer in result.layers] == EXPECTED_DEAD
-    verdict = next(v for v in result.verdicts if v.item_name == "dead_filters[conv2]")
+    verdict = next(v for v in result.verdicts if v.item_id == "dead_filters[conv2]")
     assert verdict.outcome == "passed"  # 2 of 8 is within the default 25%
     assert "channels [1, 5]" in verdict.message
 
@@ -116,7 +117,7 @@ def test_planted_dead_channels_in_every_file_format(fmt: str, tmp_path: Path) ->
     assert model.format == fmt
     assert [layer.dead_channels for layer in model.layers] == EXPECTED_DEAD
     assert [layer.channels for layer in model.layers] == [8, 8, 8]
-    assert {(layer.stats.count, layer.stats.top_images.shape) for layer in model.layers} == {(7 * 32 * 32, (7, 8))}
+    assert model.probe is not None and model.probe.count == 7
     if fmt == "onnx":
         assert [layer.id for layer in model.layers] == ["/conv1/Conv", "/conv2/Conv", "/conv3/Conv"]
     else:
@@ -173,12 +174,12 @@ def test_collapsed_layer_fails_naming_the_layer(fmt: str, tmp_path: Path) -> Non
         result, layer = audit_module(module), "conv3"
     else:
         (result,), layer = pytest_cnnaudit.audit(export_onnx(module, tmp_path / "net.onnx", SIZE)).models, "/conv3/Conv"
-    failed = {v.item_name: v for v in layer_verdicts(result) if v.outcome == "failed"}
+    failed = {v.item_id: v for v in layer_verdicts(result) if v.outcome == "failed"}
     assert set(failed) == {f"sparsity[{layer}]", f"dead_filters[{layer}]"}
     assert failed[f"sparsity[{layer}]"].layer == layer
     assert "sparsity 1.000 > max 0.97" in failed[f"sparsity[{layer}]"].message
     assert "8 of 8 channels never active" in failed[f"dead_filters[{layer}]"].message
-    assert failed[f"dead_filters[{layer}]"].figures["dead_channels"] == list(range(8))
+    assert failed[f"dead_filters[{layer}]"].figures.dead_channels == tuple(range(8))
 
 
 def test_always_active_layer_fails_min_sparsity() -> None:
@@ -187,7 +188,7 @@ def test_always_active_layer_fails_min_sparsity() -> None:
         module.conv1.weight.zero_()
         module.conv1.bias.fill_(1.0)
     result = audit_module(module)
-    verdict = next(v for v in result.verdicts if v.item_name == "sparsity[conv1]")
+    verdict = next(v for v in result.verdicts if v.item_id == "sparsity[conv1]")
     assert verdict.outcome == "failed"
     assert "sparsity 0.000 < min 0.03" in verdict.message
 
@@ -196,7 +197,7 @@ def test_stricter_limits_from_the_config_fail_planted_channels() -> None:
     config = parse_config(f"{PROBE}\nchecks: {{dead_filters: {{max_count: 0}}}}")
     result = audit_module(small_convnet(PLANTED), config)
     failed = [v for v in layer_verdicts(result) if v.outcome == "failed"]
-    assert [v.item_name for v in failed] == ["dead_filters[conv2]"]
+    assert [v.item_id for v in failed] == ["dead_filters[conv2]"]
     assert "channels [1, 5]" in failed[0].message
 
 
@@ -361,7 +362,7 @@ def test_json_report_has_the_documented_keys_and_is_stable(tmp_path: Path) -> No
 
 
 def test_json_report_of_a_module_is_stable() -> None:
-    first = dump_json(pytest_cnnaudit.AuditResult(models=(audit_module(small_convnet(PLANTED)),)).to_json())
-    second = dump_json(pytest_cnnaudit.AuditResult(models=(audit_module(small_convnet(PLANTED)),)).to_json())
+    first = dump_json(AuditDocument(models=(audit_module(small_convnet(PLANTED)),)).to_json())
+    second = dump_json(AuditDocument(models=(audit_module(small_convnet(PLANTED)),)).to_json())
     assert first == second
     assert '"format": "module"' in first

@@ -20,9 +20,7 @@ from hypothesis.extra import numpy as hnp
 from modelbuilders import conv_bias, conv_weight
 from torch import nn
 
-from pytest_cnnaudit.audit import ANALYSES, audit_model, open_model
-from pytest_cnnaudit.checks.color import check_first_layer
-from pytest_cnnaudit.color import (
+from pytest_cnnaudit.checks.color.measures import (
     GRAY_INPUT_REASON,
     OPPONENT_BASIS,
     chromatic_fraction,
@@ -30,8 +28,12 @@ from pytest_cnnaudit.color import (
     effective_rgb_weights,
     opponent_energy,
 )
+from pytest_cnnaudit.checks.color.verdicts import check_first_layer
 from pytest_cnnaudit.config import FirstLayerColor, InputSpec, ModelSpec, parse_config
-from pytest_cnnaudit.result import ModelAudit, Verdict
+from pytest_cnnaudit.document import ColorProfileLayer, ModelDocument, Verdict
+from pytest_cnnaudit.document.json_form import to_json_value
+from pytest_cnnaudit.engine.audit import audit_model
+from pytest_cnnaudit.engine.planning import open_model, planned_items
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export")
@@ -116,7 +118,7 @@ def export(net: ColourNet, path: Path, **options: Any) -> Path:
     return path
 
 
-def run(model: ColourNet | Path, yaml: str = "", **input_fields: Any) -> ModelAudit:
+def run(model: ColourNet | Path, yaml: str = "", **input_fields: Any) -> ModelDocument:
     """Audit a module or an ONNX file with 16 probe images and the given config and input fields."""
     config = parse_config("probe: {count: 16}\n" + yaml)
     size = (SIZE, SIZE) if isinstance(model, nn.Module) else None
@@ -124,12 +126,13 @@ def run(model: ColourNet | Path, yaml: str = "", **input_fields: Any) -> ModelAu
     return audit_model(model, config, spec)
 
 
-def colour(audit: ModelAudit, layer: str = "conv1") -> Verdict:
+def colour(audit: ModelDocument, layer: str = "conv1") -> Verdict:
     return next(v for v in audit.verdicts if v.check == "color" and v.layer == layer)
 
 
-def profile(audit: ModelAudit, layer: str = "conv1") -> dict[str, Any]:
-    return next(entry for entry in audit.extras["color_profile"]["layers"] if entry["id"] == layer)
+def profile(audit: ModelDocument, layer: str = "conv1") -> ColorProfileLayer:
+    assert audit.color_profile is not None
+    return next(entry for entry in audit.color_profile.layers if entry.id == layer)
 
 
 def numbers(value: Any, prefix: str = "") -> dict[str, float]:
@@ -141,11 +144,11 @@ def numbers(value: Any, prefix: str = "") -> dict[str, float]:
     return {prefix: float(value)} if isinstance(value, (int, float)) and not isinstance(value, bool) else {}
 
 
-def assert_same_colour_figures(one: ModelAudit, other: ModelAudit) -> None:
-    assert [(v.item_name, v.outcome, v.message) for v in one.verdicts if v.check == "color"] == [
-        (v.item_name, v.outcome, v.message) for v in other.verdicts if v.check == "color"
+def assert_same_colour_figures(one: ModelDocument, other: ModelDocument) -> None:
+    assert [(v.item_id, v.outcome, v.message) for v in one.verdicts if v.check == "color"] == [
+        (v.item_id, v.outcome, v.message) for v in other.verdicts if v.check == "color"
     ]
-    first, second = numbers(one.extras["color_profile"]), numbers(other.extras["color_profile"])
+    first, second = numbers(to_json_value(one.color_profile)), numbers(to_json_value(other.color_profile))
     assert first.keys() == second.keys()
     assert first == pytest.approx(second, rel=1e-4, abs=1e-6)
 
@@ -207,7 +210,7 @@ def test_first_layer_verdict_agrees_with_its_limits(
     selective = sum(f > limits.csi_threshold for f in fractions) / len(fractions)
     failed = {"sensitive": selective < minimum, "invariant": share > 0.05, None: False}[expect]
     assert verdict.outcome == ("failed" if failed else "passed")
-    assert verdict.figures["selective_fraction"] == pytest.approx(selective)
+    assert verdict.figures.selective_fraction == pytest.approx(selective)
 
 
 # --------------------------------------------------------------------------- planted models
@@ -217,9 +220,9 @@ def test_equal_channel_weights_are_colour_blind() -> None:
     blind = ColourNet(equal_rgb())
     audit = run(blind)
     verdict = colour(audit)
-    assert verdict.outcome == "passed" and verdict.figures["chromatic_share"] == pytest.approx(0, abs=1e-12)
-    assert verdict.figures["selective_count"] == 0
-    assert profile(audit)["csi_median"] < 0.02
+    assert verdict.outcome == "passed" and verdict.figures.chromatic_share == pytest.approx(0, abs=1e-12)
+    assert verdict.figures.selective_count == 0
+    assert profile(audit).csi_median < 0.02
     assert colour(run(blind, "checks: {color: {first_layer: {expect: invariant}}}")).outcome == "passed"
     sensitive = colour(run(blind, "checks: {color: {first_layer: {expect: sensitive}}}"))
     assert sensitive.outcome == "failed"
@@ -230,8 +233,8 @@ def test_red_minus_green_filters_are_colour_sensitive() -> None:
     opponent = ColourNet(red_minus_green())
     sensitive = colour(run(opponent, "checks: {color: {first_layer: {expect: sensitive}}}"))
     assert sensitive.outcome == "passed", sensitive.message
-    assert sensitive.figures["selective_count"] == 8 and sensitive.figures["chromatic_share"] == pytest.approx(1)
-    assert sensitive.figures["csi_median"] > 0.9  # the gray twin has R == G: these filters see nothing in it
+    assert sensitive.figures.selective_count == 8 and sensitive.figures.chromatic_share == pytest.approx(1)
+    assert sensitive.figures.csi_median > 0.9  # the gray twin has R == G: these filters see nothing in it
     invariant = colour(run(opponent, "checks: {color: {first_layer: {expect: invariant}}}"))
     assert invariant.outcome == "failed"
     assert invariant.message.startswith("chromatic energy share 1.000 > max_sensitivity 0.05")
@@ -277,11 +280,11 @@ def test_batch_norm_after_the_first_conv_counts_whether_or_not_it_is_folded(tmp_
     folded = export(net, tmp_path / "folded.onnx")
     kept = export(net, tmp_path / "kept.onnx", do_constant_folding=False)
     assert "BatchNormalization" in [node.op_type for node in onnx.load(str(kept)).graph.node]
-    reference = colour(run(folded)).figures["chromatic_share"]
-    assert colour(run(kept)).figures["chromatic_share"] == pytest.approx(reference, abs=1e-6)
-    assert colour(run(net)).figures["chromatic_share"] == pytest.approx(reference, abs=1e-6)
+    reference = colour(run(folded)).figures.chromatic_share
+    assert colour(run(kept)).figures.chromatic_share == pytest.approx(reference, abs=1e-6)
+    assert colour(run(net)).figures.chromatic_share == pytest.approx(reference, abs=1e-6)
     # The BatchNorm scales matter here: without them conv1 alone has another energy share.
-    assert colour(run(ColourNet(mixed()))).figures["chromatic_share"] != pytest.approx(reference, abs=1e-3)
+    assert colour(run(ColourNet(mixed()))).figures.chromatic_share != pytest.approx(reference, abs=1e-3)
 
 
 def test_normalisation_folded_into_the_model_gives_the_same_figures() -> None:
@@ -301,17 +304,17 @@ def test_one_channel_input_is_skipped_with_the_reason() -> None:
     gray = ColourNet(conv_weight(8, 1, seed=2))
     config = parse_config("probe: {count: 4}")
     opened = open_model(gray, config, ModelSpec(path="gray", input=InputSpec(size=(SIZE, SIZE), channels="GRAY")))
-    assert ("color", "conv1") in opened.planned_items()
+    assert ("color", "conv1") in planned_items(opened.plan())
     audit = audit_model(gray, config, opened.spec)
     verdict = colour(audit)
     assert verdict.outcome == "skipped" and verdict.message == GRAY_INPUT_REASON
-    assert "color_profile" not in audit.extras
+    assert audit.color_profile is None
 
 
 def test_layer_bounds_add_items_judged_by_csi() -> None:
     yaml = "checks: {color: {layers: [{match: 'conv2', min_selective_fraction: 0.5}]}}"
     blind = run(ColourNet(equal_rgb()), yaml)
-    assert [v.item_name for v in blind.verdicts if v.check == "color"] == ["color[conv1]", "color[conv2]"]
+    assert [v.item_id for v in blind.verdicts if v.check == "color"] == ["color[conv1]", "color[conv2]"]
     failed = colour(blind, "conv2")
     assert failed.outcome == "failed"
     assert failed.message.startswith("0 of 8 channels colour-selective (0.0%, CSI > 0.5; median CSI 0.0")
@@ -323,9 +326,9 @@ def test_a_bound_on_the_first_layer_is_judged_in_its_one_item() -> None:
     yaml = "checks: {color: {first_layer: {expect: sensitive}, layers: [{match: '*', max_selective_fraction: 0.1}]}}"
     audit = run(ColourNet(red_minus_green()), yaml)
     verdict = colour(audit)
-    assert [v.item_name for v in audit.verdicts if v.check == "color"] == ["color[conv1]", "color[conv2]"]
+    assert [v.item_id for v in audit.verdicts if v.check == "color"] == ["color[conv1]", "color[conv2]"]
     assert verdict.outcome == "failed" and "> max 10% (bound '*')" in verdict.message
-    assert verdict.figures["selective_count"] == 8 and len(verdict.figures["bounds"]) == 1
+    assert verdict.figures.selective_count == 8 and len(verdict.figures.bounds) == 1
 
 
 def test_profile_covers_every_layer_and_is_plain_json() -> None:
@@ -341,20 +344,17 @@ def test_profile_covers_every_layer_and_is_plain_json() -> None:
 
 def test_disabled_colour_check_plans_and_measures_nothing() -> None:
     audit = run(ColourNet(mixed()), "checks: {color: {enabled: false}}")
-    assert not [v for v in audit.verdicts if v.check == "color"] and "color_profile" not in audit.extras
-    assert any(analysis.name == "color" for analysis in ANALYSES)
+    assert not [v for v in audit.verdicts if v.check == "color"] and audit.color_profile is None
 
 
 # --------------------------------------------------------------------------- example models
 
 
-@pytest.mark.skipif(not (EXAMPLES / "hue_task.onnx").exists(), reason="example_models/hue_task.onnx not built")
 def test_hue_task_model_is_colour_sensitive() -> None:
     verdict = colour(run(EXAMPLES / "hue_task.onnx", "checks: {color: {first_layer: {expect: sensitive}}}"))
     assert verdict.outcome == "passed", verdict.message
 
 
-@pytest.mark.skipif(not (EXAMPLES / "grayscale.onnx").exists(), reason="example_models/grayscale.onnx not built")
 def test_grayscale_model_is_colour_invariant() -> None:
     invariant = colour(run(EXAMPLES / "grayscale.onnx", "checks: {color: {first_layer: {expect: invariant}}}"))
     assert invariant.outcome == "passed", invariant.message

@@ -16,14 +16,14 @@ from hypothesis import strategies as st
 from pytest_cnnaudit.config import (
     AuditConfig,
     ChecksConfig,
-    ConfigError,
     DeadFiltersCheck,
     ProbeConfig,
     SparsityCheck,
     load_config,
     parse_config,
 )
-from pytest_cnnaudit.schema import config_schema
+from pytest_cnnaudit.config.schema import config_schema
+from pytest_cnnaudit.errors import ConfigError
 
 FULL = """\
 models:
@@ -157,7 +157,7 @@ def test_unknown_keys_anywhere_are_rejected_with_their_path(key: str) -> None:
 def test_shipped_json_schema_is_the_generated_one_and_agrees_with_the_validator() -> None:
     shipped = json.loads((resources.files("pytest_cnnaudit") / "data" / "cnnaudit.schema.json").read_text())
     assert shipped == config_schema(), (
-        "regenerate: python -m pytest_cnnaudit.schema > pytest_cnnaudit/data/cnnaudit.schema.json"
+        "regenerate: python -m pytest_cnnaudit.config.schema > pytest_cnnaudit/data/cnnaudit.schema.json"
     )
     validator = jsonschema.Draft202012Validator(shipped)
     jsonschema.Draft202012Validator.check_schema(shipped)

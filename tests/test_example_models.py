@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pytest_cnnaudit import audit
-from pytest_cnnaudit.result import ModelAudit, Verdict
+from pytest_cnnaudit.document import ModelDocument, Verdict
 
 pytest_plugins = ["pytester"]
 
@@ -35,15 +35,15 @@ def expected_dead(folder: Path) -> dict[str, list[int]]:
     return json.loads((folder / "high_lr.expected.json").read_text())["dead_channels"]
 
 
-def dead_channels(model: ModelAudit) -> dict[str, list[int]]:
+def dead_channels(model: ModelDocument) -> dict[str, list[int]]:
     return {layer.id: list(layer.dead_channels) for layer in model.layers}
 
 
-def first_layer_colour(model: ModelAudit) -> Verdict:
+def first_layer_colour(model: ModelDocument) -> Verdict:
     return next(v for v in model.verdicts if v.check == "color" and v.layer == "conv1")
 
 
-def audited(folder: Path, name: str, suffix: str) -> ModelAudit:
+def audited(folder: Path, name: str, suffix: str) -> ModelDocument:
     return audit(folder / f"{name}{suffix}", folder / f"{name}.yaml").models[0]
 
 
@@ -76,7 +76,7 @@ def test_onnx_and_state_dict_forms_get_the_same_figures(name: str) -> None:
     assert [(v.check, v.layer, v.outcome) for v in onnx_form.verdicts] == [
         (v.check, v.layer, v.outcome) for v in torch_form.verdicts
     ]
-    shares = [first_layer_colour(model).figures["chromatic_share"] for model in (onnx_form, torch_form)]
+    shares = [first_layer_colour(model).figures.chromatic_share for model in (onnx_form, torch_form)]
     assert shares[0] == pytest.approx(shares[1], abs=1e-4)
 
 
@@ -120,6 +120,7 @@ def test_high_lr_config_fails_naming_the_dead_channels(examples: Path, pytester:
     assert result.parseoutcomes()["failed"] == 2
 
 
+@pytest.mark.slow
 def test_a_rebuilt_model_agrees_with_the_shipped_one(tmp_path: Path) -> None:
     """``build.py --only high_lr`` (about a minute): the audit figures of both agree within the tolerances above."""
     completed = subprocess.run(
@@ -136,5 +137,5 @@ def test_a_rebuilt_model_agrees_with_the_shipped_one(tmp_path: Path) -> None:
         assert new.id == old.id
         assert new.sparsity == pytest.approx(old.sparsity, abs=SPARSITY_TOLERANCE), new.id
         assert abs(len(new.dead_channels) - len(old.dead_channels)) <= DEAD_COUNT_TOLERANCE, new.id
-    selective = [first_layer_colour(model).figures["selective_count"] for model in (rebuilt, shipped)]
+    selective = [first_layer_colour(model).figures.selective_count for model in (rebuilt, shipped)]
     assert abs(selective[0] - selective[1]) <= SELECTIVE_COUNT_TOLERANCE

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from onnx_text_models import save, two_conv_model
 
 from pytest_cnnaudit.config import AuditConfig, LrSanityCheck, parse_config
-from pytest_cnnaudit.init_config import flow, glob_escape, starting_config
+from pytest_cnnaudit.document import ColorFigures, LrModelFigures, LrSweep, ModelDocument, Verdict
+from pytest_cnnaudit.report.init_config import flow, glob_escape, starting_config
 
 pytest_plugins = ["pytester"]
 
@@ -84,7 +85,6 @@ def test_init_then_audit_passes_and_a_new_dead_channel_fails(pytester: pytest.Py
 EXAMPLE_MODELS = sorted((Path(__file__).parent.parent / "example_models").glob("*.onnx"))
 
 
-@pytest.mark.skipif(not EXAMPLE_MODELS, reason="example_models/*.onnx are not built (example_models/build.py)")
 def test_init_on_the_example_models_writes_a_config_they_pass(pytester: pytest.Pytester) -> None:
     for model in EXAMPLE_MODELS:
         (pytester.path / model.name).write_bytes(model.read_bytes())
@@ -115,18 +115,18 @@ def test_flow_values_read_back_the_same_in_yaml_1_1(value: object) -> None:
     assert yaml.safe_load(flow(value)) == value
 
 
-def document(checks: list[dict], **extras: object) -> dict:
-    """A minimal model report document with the given verdicts."""
-    return {"path": "m.onnx", "input": None, "checks": checks, **extras}
+def document(verdicts: list[Verdict], lr_sweep: LrSweep | None = None) -> ModelDocument:
+    """A minimal model document with the given verdicts."""
+    return ModelDocument(path="m.onnx", verdicts=tuple(verdicts), lr_sweep=lr_sweep)
 
 
-def verdict(check: str, layer: str | None, outcome: str = "passed", message: str = "", **figures: object) -> dict:
-    return {"check": check, "layer": layer, "outcome": outcome, "message": message, "figures": figures}
+def lr_model_figures(lr: float, max_safe_lr: float | None = None) -> LrModelFigures:
+    return LrModelFigures(lr, 20, 1.0, 1.0, None, 0, max_safe_lr)
 
 
 def model_checks(text: str) -> dict:
     validate(text)
-    return yaml.safe_load(text)["models"][0]["checks"]
+    return yaml.safe_load(text)["models"][0].get("checks", {})
 
 
 def lr_config() -> AuditConfig:
@@ -134,8 +134,11 @@ def lr_config() -> AuditConfig:
 
 
 def test_the_sweeps_max_safe_rate_becomes_the_rate_to_check() -> None:
-    sweep = {"max_safe_lr": 0.0316228, "curve": [], "grid": []}
-    checks = [verdict("lr_sanity", "conv1"), verdict("lr_sanity", None, "failed", lr=0.1, max_safe_lr=0.0316228)]
+    sweep = LrSweep(grid=(), max_safe_lr=0.0316228, curve=())
+    checks = [
+        Verdict("lr_sanity", "conv1", "passed", ""),
+        Verdict("lr_sanity", None, "failed", "", lr_model_figures(0.1, 0.0316228)),
+    ]
     text = starting_config([document(checks, lr_sweep=sweep)], lr_config(), {"m.onnx": Path("m.onnx")}, Path())
     assert model_checks(text)["lr_sanity"] == {"enabled": True, "lr": 0.0316228, "sweep": True}
     assert "# the sweep's max safe learning rate (1e-05 .. 10); 0.01 was configured" in text
@@ -143,7 +146,8 @@ def test_the_sweeps_max_safe_rate_becomes_the_rate_to_check() -> None:
 
 def test_a_failed_rate_without_sweep_is_turned_off_with_the_reason() -> None:
     config = AuditConfig(checks=AuditConfig().checks.__class__(lr_sanity=LrSanityCheck(enabled=True)))
-    checks = [verdict("lr_sanity", None, "failed", "fine-tuning at lr 0.01: the loss became non-finite", lr=0.01)]
+    message = "fine-tuning at lr 0.01: the loss became non-finite"
+    checks = [Verdict("lr_sanity", None, "failed", message, lr_model_figures(0.01))]
     text = starting_config([document(checks)], config, {"m.onnx": Path("m.onnx")}, Path())
     assert model_checks(text)["lr_sanity"] == {"enabled": False, "lr": 0.01}
     assert "the loss became non-finite; set sweep: true" in text
@@ -160,9 +164,12 @@ def test_a_failed_rate_without_sweep_is_turned_off_with_the_reason() -> None:
 def test_the_first_layers_measured_colour_use_becomes_the_expectation(
     share: float, fraction: float, expected: dict | None
 ) -> None:
-    figures = {"chromatic_share": share, "selective_fraction": fraction, "selective_count": 3, "channels": 8}
+    figures = ColorFigures(channels=8, selective_count=3, selective_fraction=fraction, chromatic_share=share)
     text = starting_config(
-        [document([verdict("color", "conv1", **figures)])], AuditConfig(), {"m.onnx": Path("m.onnx")}, Path()
+        [document([Verdict("color", "conv1", "passed", "", figures)])],
+        AuditConfig(),
+        {"m.onnx": Path("m.onnx")},
+        Path(),
     )
     colour = model_checks(text).get("color")
     assert (colour["first_layer"] if colour else None) == expected

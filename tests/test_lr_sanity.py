@@ -25,10 +25,11 @@ from hypothesis import strategies as st
 from onnx_text_models import save, two_conv_model
 from PIL import Image
 
-from pytest_cnnaudit.audit import audit_model
+from pytest_cnnaudit.backends.base import LayerInfo
 from pytest_cnnaudit.backends.torch import TorchBackend
-from pytest_cnnaudit.checks.lr_sanity import (
-    LrSanityAnalysis,
+from pytest_cnnaudit.checks.lr_sanity.check import LrSanityChecker
+from pytest_cnnaudit.checks.lr_sanity.network import GraphBatchNorm
+from pytest_cnnaudit.checks.lr_sanity.verdicts import (
     TrainingRun,
     allowed_new_dead,
     check_lr_layer,
@@ -38,9 +39,10 @@ from pytest_cnnaudit.checks.lr_sanity import (
     sweep_rates,
 )
 from pytest_cnnaudit.config import AuditConfig, InputSpec, LrSanityCheck, ModelSpec, parse_config
-from pytest_cnnaudit.errors import ConfigError, ProbeError
-from pytest_cnnaudit.lr_probe import GraphBatchNorm
-from pytest_cnnaudit.result import ModelAudit, Verdict
+from pytest_cnnaudit.document import LrSweep, ModelDocument, SweepPoint, Verdict
+from pytest_cnnaudit.engine.audit import audit_model
+from pytest_cnnaudit.engine.check import ModelLayout, ModelPlan
+from pytest_cnnaudit.errors import ConfigError
 
 pytest_plugins = ["pytester"]
 
@@ -105,7 +107,7 @@ def test_layer_verdict_fails_exactly_above_the_allowance(
     verdict = check_lr_layer("conv", channels, before_dead, after_dead, max_new_dead, 0.1)
     new = len(set(after_dead) - set(before_dead))
     assert (verdict.outcome == "failed") == (new > allowed_new_dead(max_new_dead, channels))
-    assert verdict.figures["new_dead_channels"] == sorted(set(after_dead) - set(before_dead))
+    assert verdict.figures.new_dead_channels == tuple(sorted(set(after_dead) - set(before_dead)))
 
 
 def test_layer_failure_names_counts_before_and_after_and_the_new_channels() -> None:
@@ -123,7 +125,7 @@ def test_model_verdict_fails_on_a_non_finite_loss_giving_start_and_last_finite_l
     assert verdict.outcome == "failed"
     assert "the loss became non-finite (nan) at step 3" in verdict.message
     assert "loss 2.5 at the start, last finite loss 40" in verdict.message
-    assert verdict.figures["loss_end"] is None
+    assert verdict.figures.loss_end is None
 
 
 def test_model_verdict_fails_when_lr_exceeds_the_max_safe_rate() -> None:
@@ -131,7 +133,7 @@ def test_model_verdict_fails_when_lr_exceeds_the_max_safe_rate() -> None:
     sweep = [(safe, 0, True), (unsafe, 3, False)]
     passed = check_lr_model(TrainingRun(0.01, (1.0, 0.5), {}), 0, sweep)
     failed = check_lr_model(TrainingRun(0.05, (1.0, 0.5), {}), 0, sweep)
-    assert passed.outcome == "passed" and passed.figures["max_safe_lr"] == 0.01
+    assert passed.outcome == "passed" and passed.figures.max_safe_lr == 0.01
     assert failed.outcome == "failed"
     assert failed.message.endswith("lr 0.05 exceeds the max safe learning rate 0.01 (at lr 0.1 3 filters died)")
 
@@ -154,21 +156,21 @@ def test_rates_read_as_numbers_in_exponent_notation() -> None:
     assert settings.lr == 1e-4 and settings.sweep_range == (3e-6, 10.0)
 
 
-def test_plan_is_empty_unless_enabled_and_skips_layers_without_zeros() -> None:
-    from pytest_cnnaudit.backends.base import LayerInfo
-
+def test_plan_is_empty_unless_enabled_and_skips_layers_without_an_inactive_region() -> None:
     layers = (
         LayerInfo("conv1", "Conv", "relu", 8, "r1"),
         LayerInfo("conv2", "Conv", "silu", 8, "s2"),
         LayerInfo("proj", "Conv", None, 8, None),
+        LayerInfo("gate", "Conv", "sigmoid", 8, "g"),
         LayerInfo("conv3", "Conv", "relu6", 8, "r3"),
     )
     spec = ModelSpec(path="m.onnx")
-    assert LrSanityAnalysis().plan(AuditConfig(), spec, layers) == []
+    layout = ModelLayout("onnx", InputSpec(size=(8, 8)), layers)
+    assert LrSanityChecker().plan(ModelPlan("m.onnx", spec, AuditConfig(), layout)) == []
     enabled = parse_config(
         "checks:\n  lr_sanity: {enabled: true}\nlayers:\n  - match: conv3\n    checks: {lr_sanity: {enabled: false}}\n"
     )
-    assert LrSanityAnalysis().plan(enabled, spec, layers) == ["conv1", None]
+    assert LrSanityChecker().plan(ModelPlan("m.onnx", spec, enabled, layout)) == ["conv1", "conv2", None]
 
 
 # --------------------------------------------------------------------------- the healthy CNN
@@ -187,15 +189,15 @@ def lr_config(folder: Path, settings: str) -> AuditConfig:
     return parse_config(BASE_CONFIG.format(size=SIZE, settings=settings), str(folder / "cnnaudit.yaml"))
 
 
-Audit = Callable[[str, str], ModelAudit]
+Audit = Callable[[str, str], ModelDocument]
 
 
 @pytest.fixture(scope="module")
 def lr_audit(healthy: Path) -> Audit:
     """``lr_audit("healthy.onnx", "lr: 10")``: the audit with those lr_sanity settings, run once per module."""
-    done: dict[tuple[str, str], ModelAudit] = {}
+    done: dict[tuple[str, str], ModelDocument] = {}
 
-    def run(model: str, settings: str) -> ModelAudit:
+    def run(model: str, settings: str) -> ModelDocument:
         if (model, settings) not in done:
             done[model, settings] = audit_model(healthy / model, lr_config(healthy, settings))
         return done[model, settings]
@@ -203,12 +205,12 @@ def lr_audit(healthy: Path) -> Audit:
     return run
 
 
-def outcomes(result: ModelAudit) -> dict[str, str]:
-    return {v.item_name: v.outcome for v in result.verdicts if v.check == "lr_sanity"}
+def outcomes(result: ModelDocument) -> dict[str, str]:
+    return {v.item_id: v.outcome for v in result.verdicts if v.check == "lr_sanity"}
 
 
-def model_verdict(result: ModelAudit) -> Verdict:
-    return next(v for v in result.verdicts if v.item_name == "lr_sanity")
+def model_verdict(result: ModelDocument) -> Verdict:
+    return next(v for v in result.verdicts if v.item_id == "lr_sanity")
 
 
 SWEEP = "sweep: true, sweep_range: [1.0e-4, 10], sweep_per_decade: 1"
@@ -219,7 +221,7 @@ def test_healthy_cnn_passes_at_a_low_rate(lr_audit: Audit, model: str) -> None:
     result = lr_audit(model, f"lr: {LOW_LR}")
     assert set(outcomes(result)) == {"lr_sanity[conv1]", "lr_sanity[conv2]", "lr_sanity[conv3]", "lr_sanity"}
     assert set(outcomes(result).values()) == {"passed"}
-    assert all(v.figures["new_dead_channels"] == [] for v in result.verdicts if v.layer is not None)
+    assert all(v.figures.new_dead_channels == () for v in result.verdicts if v.layer is not None)
 
 
 @pytest.mark.parametrize("model", ["healthy.pt", "healthy.onnx"])
@@ -228,8 +230,8 @@ def test_healthy_cnn_fails_at_a_very_high_rate_with_newly_dead_filters(lr_audit:
     failed = [v for v in result.verdicts if v.layer is not None and v.outcome == "failed"]
     assert failed
     for verdict in failed:
-        assert verdict.figures["dead_after"] > verdict.figures["dead_before"]
-        assert f"fine-tuning at lr 10: {verdict.figures['dead_before']} of " in verdict.message
+        assert verdict.figures.dead_after > verdict.figures.dead_before
+        assert f"fine-tuning at lr 10: {verdict.figures.dead_before} of " in verdict.message
     model_item = model_verdict(result)
     assert model_item.outcome == "failed"
     assert "exceeds the max safe learning rate" in model_item.message
@@ -237,20 +239,15 @@ def test_healthy_cnn_fails_at_a_very_high_rate_with_newly_dead_filters(lr_audit:
 
 @pytest.mark.parametrize("model", ["healthy.pt", "healthy.onnx"])
 def test_max_safe_rate_lies_between_the_low_and_the_high_rate(lr_audit: Audit, model: str) -> None:
-    sweep = lr_audit(model, f"lr: {HIGH_LR}, {SWEEP}").extras["lr_sweep"]
-    assert LOW_LR <= sweep["max_safe_lr"] < HIGH_LR
-    assert sweep["grid"] == [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0]
-    curve = sweep["curve"]
-    assert [point["safe"] for point in curve] == [True] * (len(curve) - 1) + [False]  # stops at the first unsafe
-    assert curve[0] == {
-        "lr": 1e-4,
-        "new_dead": 0,
-        "loss_start": pytest.approx(curve[0]["loss_start"]),
-        "loss_end": pytest.approx(curve[0]["loss_end"]),
-        "diverged_at_step": None,
-        "non_finite_layers": [],
-        "safe": True,
-    }
+    sweep = lr_audit(model, f"lr: {HIGH_LR}, {SWEEP}").lr_sweep
+    assert isinstance(sweep, LrSweep) and sweep.max_safe_lr is not None
+    assert LOW_LR <= sweep.max_safe_lr < HIGH_LR
+    assert sweep.grid == (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0)
+    curve = sweep.curve
+    assert [point.safe for point in curve] == [True] * (len(curve) - 1) + [False]  # stops at the first unsafe
+    first = curve[0]
+    assert first == SweepPoint(1e-4, 0, first.loss_start, first.loss_end, None, (), True)
+    assert first.loss_start is not None and first.loss_end is not None
 
 
 @pytest.mark.parametrize("lr", [LOW_LR, HIGH_LR])
@@ -264,10 +261,10 @@ def test_same_seed_same_result(lr_audit: Audit, healthy: Path, model: str) -> No
     settings = f"lr: {HIGH_LR}, {SWEEP}"
     again = audit_model(healthy / model, lr_config(healthy, settings))
     first = lr_audit(model, settings)
-    assert [(v.item_name, v.outcome, v.message, v.figures) for v in again.verdicts] == [
-        (v.item_name, v.outcome, v.message, v.figures) for v in first.verdicts
+    assert [(v.item_id, v.outcome, v.message, v.figures) for v in again.verdicts] == [
+        (v.item_id, v.outcome, v.message, v.figures) for v in first.verdicts
     ]
-    assert again.extras == first.extras
+    assert (again.lr_sweep, again.color_profile) == (first.lr_sweep, first.color_profile)
 
 
 def test_original_model_and_torch_settings_are_untouched(healthy: Path, lr_audit: Audit) -> None:
@@ -316,7 +313,7 @@ def test_torchscript_and_exported_programs_train_under_the_same_layer_ids(
     result = audit_model(path, config, ModelSpec(path=path.name, input=InputSpec(size=(SIZE, SIZE))))
     assert set(outcomes(result)) == set(outcomes(lr_audit("healthy.pt", f"lr: {HIGH_LR}")))
     assert "failed" in {v.outcome for v in result.verdicts if v.layer is not None}  # its weights were trained
-    assert fmt in model_verdict(result).figures["trainable_copy"]
+    assert fmt in model_verdict(result).figures.trainable_copy
 
 
 def test_the_trainable_copy_of_the_measured_graph_shares_no_tensor_and_records_to_the_probe() -> None:
@@ -358,8 +355,8 @@ def test_a_diverging_loss_fails_the_model_item_and_nan_layers_fail_theirs(lr_aud
     verdict = model_verdict(result)
     assert verdict.outcome == "failed"
     assert "the loss became non-finite" in verdict.message
-    assert verdict.figures["diverged_at_step"] >= 1
-    broken = [v for v in result.verdicts if v.layer is not None and v.figures["non_finite"]]
+    assert verdict.figures.diverged_at_step >= 1
+    broken = [v for v in result.verdicts if v.layer is not None and v.figures.non_finite]
     assert broken
     assert all(v.outcome == "failed" and "activations became NaN or infinite" in v.message for v in broken)
 
@@ -379,14 +376,16 @@ def test_labels_and_random_objectives_train(healthy: Path, tmp_path: Path, objec
     settings = f"lr: {LOW_LR}, objective: {objective}, labels_dir: {tmp_path / 'labelled'}"
     result = audit_model(healthy / "healthy.pt", lr_config(healthy, settings))
     assert set(outcomes(result).values()) == {"passed"}
-    assert model_verdict(result).figures["steps"] == 8
+    assert model_verdict(result).figures.steps == 8
 
 
 def test_more_label_classes_than_the_model_scores_is_an_error(healthy: Path, tmp_path: Path) -> None:
     _write_labelled_images(tmp_path / "labelled", classes=5, per_class=1)
     settings = f"objective: labels, labels_dir: {tmp_path / 'labelled'}"
-    with pytest.raises(ProbeError, match="has 5 classes, but the model scores only 4"):
-        audit_model(healthy / "healthy.pt", lr_config(healthy, settings))
+    result = audit_model(healthy / "healthy.pt", lr_config(healthy, settings))
+    lr_items = [v for v in result.verdicts if v.check == "lr_sanity"]
+    assert lr_items and {v.outcome for v in lr_items} == {"failed"}
+    assert all("has 5 classes, but the model scores only 4" in v.message for v in lr_items)
 
 
 # --------------------------------------------------------------------------- ONNX without a torch form
@@ -404,7 +403,7 @@ def test_unconvertible_onnx_model_skips_its_lr_items_with_the_reason(tmp_path: P
     path = save(global_max_pool_model(), tmp_path / "maxpool.onnx")
     result = audit_model(path, parse_config("checks:\n  lr_sanity: {enabled: true}\n"))
     lr_items = [v for v in result.verdicts if v.check == "lr_sanity"]
-    assert [v.item_name for v in lr_items] == ["lr_sanity[conv1]", "lr_sanity[conv2]", "lr_sanity"]
+    assert [v.item_id for v in lr_items] == ["lr_sanity[conv1]", "lr_sanity[conv2]", "lr_sanity"]
     for verdict in lr_items:
         assert verdict.outcome == "skipped"
         assert verdict.message.startswith(

@@ -18,6 +18,15 @@ XDIST_MODES = {
 }
 
 
+#: Isolation is not what these tests are about: measuring in-process saves a child per model.
+IN_PROCESS = "runtime: {isolate: false}\n"
+
+
+@pytest.fixture(autouse=True)
+def in_process(pytester: pytest.Pytester) -> None:
+    pytester.makefile(".yaml", cnnaudit=IN_PROCESS)
+
+
 @pytest.fixture
 def healthy(pytester: pytest.Pytester) -> Path:
     return save(two_conv_model(), pytester.path / "healthy.onnx")
@@ -30,7 +39,7 @@ def planted(pytester: pytest.Pytester) -> Path:
 
 
 def strict_dead_config(pytester: pytest.Pytester) -> Path:
-    return pytester.makefile(".yaml", cnnaudit="checks:\n  dead_filters: {max_count: 0}\n")
+    return pytester.makefile(".yaml", cnnaudit=IN_PROCESS + "checks:\n  dead_filters: {max_count: 0}\n")
 
 
 def test_collect_only_lists_one_item_per_check_and_layer(pytester: pytest.Pytester, healthy: Path) -> None:
@@ -76,6 +85,7 @@ def test_report_is_identical_with_and_without_xdist(pytester: pytest.Pytester, h
 
 
 def test_healthy_model_passes_at_defaults_and_summary_shows_layers(pytester: pytest.Pytester, healthy: Path) -> None:
+    (pytester.path / "cnnaudit.yaml").unlink()  # the defaults, isolation included
     result = pytester.runpytest("--cnnaudit", "healthy.onnx")
     result.assert_outcomes(passed=5)
     result.stdout.fnmatch_lines(
@@ -132,7 +142,9 @@ def test_baseline_save_then_compare_catches_a_regression(pytester: pytest.Pytest
 
 
 def test_models_listed_in_the_yaml_are_audited(pytester: pytest.Pytester, planted: Path) -> None:
-    pytester.makefile(".yaml", cnnaudit="models:\n  - path: planted.onnx\n    checks: {dead_filters: {max_count: 0}}\n")
+    pytester.makefile(
+        ".yaml", cnnaudit=IN_PROCESS + "models:\n  - path: planted.onnx\n    checks: {dead_filters: {max_count: 0}}\n"
+    )
     result = pytester.runpytest("--cnnaudit", "planted.onnx")
     result.assert_outcomes(passed=4, failed=1)
     result = pytester.runpytest("--cnnaudit", "-p", "no:xdist")

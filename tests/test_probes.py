@@ -10,8 +10,7 @@ import pytest
 from PIL import Image
 
 from pytest_cnnaudit.config import InputSpec
-from pytest_cnnaudit.errors import ProbeError
-from pytest_cnnaudit.probes import (
+from pytest_cnnaudit.engine.probes import (
     LUMA,
     SHIPPED_PHOTOS,
     ProbeSet,
@@ -21,6 +20,7 @@ from pytest_cnnaudit.probes import (
     to_model_input,
     user_probe_set,
 )
+from pytest_cnnaudit.errors import ProbeError
 
 SIZE = (24, 40)
 

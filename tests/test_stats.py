@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pytest_cnnaudit import stats as stats_module
-from pytest_cnnaudit.stats import PARALLEL_MIN_VALUES, TOP_IMAGES, ChannelAccumulator, ChannelStats
+from pytest_cnnaudit.engine import stats as stats_module
+from pytest_cnnaudit.engine.stats import PARALLEL_MIN_VALUES, TOP_IMAGES, ChannelAccumulator, ChannelStats
 
 FINITE = st.floats(min_value=-100.0, max_value=100.0, width=32, allow_nan=False, allow_infinity=False)
 #: Exact zeros are what the audit counts, so they come up often; so do tiny values near an eps.
@@ -52,22 +52,22 @@ def assert_matches_numpy(stats: ChannelStats, nchw: np.ndarray, eps: float = 0.0
     """Compare with numpy over the whole (N, C, H, W) array, computed in float64."""
     n, c, h, w = nchw.shape
     values = nchw.astype(np.float64)
-    zero = np.abs(values) <= eps
+    inactive = values <= eps
     assert stats.count == n * h * w
-    np.testing.assert_array_equal(stats.zeros, zero.sum(axis=(0, 2, 3)))
+    np.testing.assert_array_equal(stats.inactive, inactive.sum(axis=(0, 2, 3)))
     np.testing.assert_array_equal(stats.max, values.max(axis=(0, 2, 3)))
     scale = max(1.0, float(np.abs(values).max()))
     np.testing.assert_allclose(stats.mean, values.mean(axis=(0, 2, 3)), rtol=1e-9, atol=1e-12 * scale)
     # Variance is compared at float32 precision of the values' scale: inputs are float32.
     np.testing.assert_allclose(stats.var, values.var(axis=(0, 2, 3)), rtol=1e-6, atol=1e-7 * scale**2)
-    assert stats.dead_channels == tuple(int(i) for i in np.flatnonzero(zero.all(axis=(0, 2, 3))))
+    assert stats.dead_channels == tuple(int(i) for i in np.flatnonzero(inactive.all(axis=(0, 2, 3))))
     # Each channel's top images over the whole set, ties to the earlier image (a stable sort).
     per_image_max = nchw.max(axis=(2, 3))
     top = np.argsort(-per_image_max, axis=0, kind="stable")[:top_k]
     np.testing.assert_array_equal(stats.top_images, top)
     np.testing.assert_array_equal(stats.top_max, np.take_along_axis(per_image_max, top, axis=0))
     assert stats.channels == c
-    assert stats.sparsity == pytest.approx(zero.sum() / zero.size)
+    assert stats.sparsity == pytest.approx(inactive.sum() / inactive.size)
 
 
 @settings(max_examples=150, deadline=None)
@@ -108,7 +108,7 @@ def test_images_reduced_on_the_thread_pool_match_numpy(eps: float, monkeypatch: 
     assert_matches_numpy(pooled, array, eps)
     monkeypatch.setattr(stats_module, "PARALLEL_MIN_VALUES", array[0].size + 1)
     serial = accumulate(array, [2], eps)
-    for field in ("zeros", "max", "mean", "var", "top_images", "top_max"):
+    for field in ("inactive", "max", "mean", "var", "top_images", "top_max"):
         np.testing.assert_array_equal(getattr(pooled, field), getattr(serial, field))
 
 
@@ -135,25 +135,28 @@ def test_a_forked_child_reduces_on_a_pool_of_its_own() -> None:
     pytest.fail("the forked child hung reducing a batch")
 
 
-def test_eps_zero_counts_only_exact_zeros() -> None:
+def test_inactive_means_not_above_eps() -> None:
+    """One definition for every rectifier: a value is inactive when <= eps, so negative outputs count too."""
     batch = np.array([0.0, -0.0, 1e-30, -1e-30, 2.0, -2.0], dtype=np.float32).reshape(1, 1, 2, 3)
     exact = accumulate(batch, [])
-    assert exact.zeros.tolist() == [2]
+    assert exact.inactive.tolist() == [4]  # 0, -0, -1e-30, -2
     assert exact.dead_channels == ()
     near = accumulate(batch, [], eps=1e-20)
-    assert near.zeros.tolist() == [4]
+    assert near.inactive.tolist() == [5]
     everything = accumulate(batch, [], eps=2.0)
-    assert everything.zeros.tolist() == [6]
+    assert everything.inactive.tolist() == [6]
     assert everything.dead_channels == (0,)
 
 
-def test_negative_only_channel_is_not_dead() -> None:
-    """Dead means zero, not 'not positive': a leaky unit's negative outputs are activity."""
+def test_negative_only_channel_is_dead() -> None:
+    """A leaky unit whose pre-activation never exceeds 0 (outputs all negative) never fires: dead."""
     batch = np.full((2, 1, 3, 3), -0.01, dtype=np.float32)
     stats = accumulate(batch, [1])
-    assert stats.dead_channels == ()
-    assert stats.sparsity == 0.0
-    assert accumulate(batch, [1], eps=0.01).dead_channels == (0,)
+    assert stats.dead_channels == (0,)
+    assert stats.sparsity == 1.0
+    positive = batch.copy()
+    positive[1, 0, 2, 2] = 0.001
+    assert accumulate(positive, [1]).dead_channels == ()
 
 
 def test_large_offset_keeps_variance() -> None:
@@ -195,7 +198,7 @@ def test_accumulated_state_does_not_grow_with_positions() -> None:
     for _ in range(5):
         accumulator.update(np.ones((2, 4, 64, 64), dtype=np.float32))
     stats = accumulator.result()
-    assert stats.zeros.shape == stats.max.shape == stats.mean.shape == stats.var.shape == (4,)
+    assert stats.inactive.shape == stats.max.shape == stats.mean.shape == stats.var.shape == (4,)
     assert stats.top_images.shape == stats.top_max.shape == (3, 4)
     np.testing.assert_array_equal(stats.top_images[:, 0], [0, 1, 2])  # all equal: the earliest images
     assert stats.count == 10 * 64 * 64

@@ -16,10 +16,13 @@ import numpy as np
 
 from ..config import InputSpec
 
-#: Activations whose inactive output is an exact zero: sparsity and dead
-#: filters are meaningful for them. Others (leaky_relu, prelu, silu, sigmoid,
-#: tanh, gelu, ...) have no true zeros and are skipped unless ``zero_eps > 0``.
-ZERO_PRODUCING = frozenset({"relu", "relu6", "clip", "hardswish"})
+#: Rectifiers: activations whose output is <= 0 exactly where their input is <= 0, so that
+#: "output <= 0" is the inactive region for all of them (for ReLU: output == 0). Sparsity and
+#: dead filters are measured on them with that one definition. Saturating activations
+#: (sigmoid, tanh, hard_sigmoid, softplus, softmax) switch off nowhere and are not measured.
+RECTIFIERS = frozenset(
+    {"relu", "relu6", "clip", "hardswish", "silu", "gelu", "mish", "elu", "selu", "celu", "leaky_relu", "prelu"}
+)
 
 #: Called with (tensor key, activation batch, channel axis) during a forward pass.
 ActivationSink = Callable[[str, np.ndarray, int], None]

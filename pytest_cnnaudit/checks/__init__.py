@@ -1,22 +1,22 @@
-"""Checks: pure functions from measured statistics and limits to a :class:`Verdict`.
+"""The checks, in item order: each implements :class:`~pytest_cnnaudit.engine.check.Check`.
 
-One module per check. The helpers here decide whether a layer can be judged at all.
+One module (or folder, where a check has a measurement and verdicts of its own) per check;
+:data:`CHECKS` is the only list of them, read by the engine (judging) and by planning (items).
 """
 
 from __future__ import annotations
 
-from ..backends.base import ZERO_PRODUCING
-from ..result import LayerResult
+from ..engine.check import Check
+from .baseline import BaselineChecker
+from .color.check import ColorChecker
+from .dead_filters import DeadFiltersChecker
+from .lr_sanity.check import LrSanityChecker
+from .sparsity import SparsityChecker
 
-
-def unmeasurable_reason(layer: LayerResult, zero_eps: float) -> str | None:
-    """Why zero-based checks cannot judge ``layer``, or None when they can."""
-    if layer.activation is None:
-        return "no activation follows this conv (a linear projection), so it has no zeros to count"
-    if layer.activation not in ZERO_PRODUCING and zero_eps <= 0:
-        return (
-            f"its activation ({layer.activation}) has no true zeros; set probe.zero_eps > 0 to count near-zero values"
-        )
-    if layer.stats is None:
-        return "its activation was not measured"
-    return None
+CHECKS: tuple[Check, ...] = (
+    SparsityChecker(),
+    DeadFiltersChecker(),
+    ColorChecker(),
+    LrSanityChecker(),
+    BaselineChecker(),
+)

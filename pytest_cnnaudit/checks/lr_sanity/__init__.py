@@ -1,0 +1,1 @@
+"""Learning-rate sanity: a short fine-tuning probe at the configured rate must not kill filters."""

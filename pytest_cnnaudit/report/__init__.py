@@ -1,0 +1,1 @@
+"""Reports written from the audit document: terminal summary, HTML (+ charts), starting config."""

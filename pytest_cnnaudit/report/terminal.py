@@ -1,0 +1,58 @@
+"""The terminal summary: per model, a table of its layers and the outcome of their items, from the documents."""
+
+from __future__ import annotations
+
+from ..document import ModelDocument
+
+
+def summary_lines(documents: list[ModelDocument]) -> list[str]:
+    """A table per model: layer, channels, sparsity, dead channels, the failed checks; then its colour
+    profile, and the model-level items that did not pass (nothing measured, not in the baseline, ...)."""
+    lines: list[str] = []
+    for document in documents:
+        lines.append(document.path)
+        if document.error is not None:
+            lines.append(f"  error: {document.error}")
+            continue
+        lines.extend(_layer_table(document))
+        lines.extend(colour_profile_lines(document))
+        for verdict in document.verdicts:
+            if verdict.layer is None and verdict.outcome in ("failed", "skipped"):
+                lines.append(f"  {verdict.check}: {verdict.outcome}: {verdict.message}")
+    return lines
+
+
+def _layer_table(document: ModelDocument) -> list[str]:
+    failed: dict[str, list[str]] = {}
+    for verdict in document.verdicts:
+        if verdict.layer is not None and verdict.outcome == "failed":
+            failed.setdefault(verdict.layer, []).append(verdict.check)
+    if not document.layers:
+        return []
+    width = max(len("layer"), *(len(layer.id) for layer in document.layers))
+    lines = [f"  {'layer':<{width}}  {'channels':>8}  {'sparsity':>8}  {'dead':>5}  failed"]
+    for layer in document.layers:
+        sparsity = f"{layer.sparsity:.3f}" if layer.sparsity is not None else "-"
+        dead = str(len(layer.dead_channels)) if layer.dead_channels is not None else "-"
+        checks = ", ".join(failed.get(layer.id, []))
+        lines.append(f"  {layer.id:<{width}}  {layer.channels:>8}  {sparsity:>8}  {dead:>5}  {checks}".rstrip())
+    return lines
+
+
+def colour_profile_lines(document: ModelDocument) -> list[str]:
+    """The model's colour profile: median CSI, share of colour-selective channels and isoluminant share per layer."""
+    profile = document.color_profile
+    if profile is None or not profile.layers:
+        return []
+    width = max(len("colour"), *(len(entry.id) for entry in profile.layers))
+    lines = [f"  {'colour':<{width}}  {'median CSI':>10}  {'selective':>9}  {'isoluminant':>11}"]
+    for entry in profile.layers:
+        median = _number(entry.csi_median, ".3f")
+        fraction = _number(entry.selective_fraction, ".1%")
+        share = _number(entry.isoluminant_share, ".3f")
+        lines.append(f"  {entry.id:<{width}}  {median:>10}  {fraction:>9}  {share:>11}")
+    return lines
+
+
+def _number(value: float | None, spec: str) -> str:
+    return format(value, spec) if value is not None else "-"
