@@ -156,3 +156,77 @@ def export_onnx(
             dynamo=False,
         )
     return path
+
+
+# --------------------------------------------------------------------------- checkpoints as training code saves them
+
+
+class AttributeDict(dict):
+    """Lightning's hyper-parameter dict, pickled under Lightning's own name (Lightning is not installed here)."""
+
+    def __getattr__(self, key: str) -> object:
+        return self[key]
+
+
+#: Where Lightning 2.x keeps :class:`AttributeDict`; the name a checkpoint's pickle refers to.
+LIGHTNING_DATA_MODULE = "lightning.fabric.utilities.data"
+
+
+def save_lightning_like(state_dict: Mapping[str, torch.Tensor], path: Path, prefix: str = "model.") -> Path:
+    """A checkpoint laid out as Lightning's ModelCheckpoint writes it (lightning 2.x), saved to ``path``.
+
+    The LightningModule holds the network as ``self.model``, so every key gains ``prefix``. Beside
+    the weights: loop and callback state, an optimizer and scheduler state, and hyper-parameters
+    holding what plain ``torch.load(weights_only=True)`` refuses (an AttributeDict, an
+    argparse.Namespace, a PosixPath, a numpy scalar, a timedelta).
+    """
+    import argparse
+    import datetime
+    import pathlib
+    import sys
+    import types
+
+    parameter = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([parameter], lr=0.1, momentum=0.9)
+    parameter.grad = torch.ones(2)
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=10)
+    checkpoint = {
+        "epoch": 3,
+        "global_step": 120,
+        "pytorch-lightning_version": "2.4.0",
+        "state_dict": {f"{prefix}{key}": value for key, value in state_dict.items()},
+        "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": 4, "completed": 3}}}},
+        "callbacks": {
+            "ModelCheckpoint{'monitor': 'val_loss', 'mode': 'min'}": {
+                "monitor": "val_loss",
+                "best_model_score": torch.tensor(0.25),
+                "best_model_path": "/runs/epoch=3.ckpt",
+                "dirpath": pathlib.PosixPath("/runs"),
+                "kth_value": torch.tensor(float("inf")),
+            },
+            "Timer": {"time_elapsed": {"train": datetime.timedelta(minutes=3).total_seconds()}},
+        },
+        "optimizer_states": [optimizer.state_dict()],
+        "lr_schedulers": [scheduler.state_dict()],
+        "hparams_name": "kwargs",
+        "hyper_parameters": AttributeDict(
+            lr=0.1,
+            width=np.float64(8.0),
+            args=argparse.Namespace(batch_size=32),
+            budget=datetime.timedelta(hours=1),
+        ),
+    }
+    parts = LIGHTNING_DATA_MODULE.split(".")
+    names = [".".join(parts[: i + 1]) for i in range(len(parts))]
+    fakes = {name: types.ModuleType(name) for name in names}
+    fakes[LIGHTNING_DATA_MODULE].AttributeDict = AttributeDict  # type: ignore[attr-defined]
+    AttributeDict.__module__ = LIGHTNING_DATA_MODULE
+    sys.modules.update(fakes)
+    try:
+        torch.save(checkpoint, path)
+    finally:
+        AttributeDict.__module__ = __name__
+        for name in names:
+            del sys.modules[name]
+    return path

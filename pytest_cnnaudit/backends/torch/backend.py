@@ -16,11 +16,24 @@ from .graph import CONV_TARGETS, batch_norm_scale, export_graph, getattr_path, i
 
 
 class TorchBackend:
-    """A torch model opened for measurement."""
+    """A torch model opened for measurement.
 
-    def __init__(self, model: Any, format: str, configured: InputSpec, name: str, batch_size: int) -> None:
+    ``notes`` are one-line remarks for the report on what loading the file took (a stripped key
+    prefix, the checkpoint key the weights came from); empty when nothing needed saying.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        format: str,
+        configured: InputSpec,
+        name: str,
+        batch_size: int,
+        notes: tuple[str, ...] = (),
+    ) -> None:
         self.format = format
         self.name = name
+        self.notes = notes
         self.input_spec = resolve_input_spec(configured, self._declared_shape(model), name)
         example = torch.zeros((batch_size, *self._chw()), dtype=torch.float32)
         self.graph_module, self.fixed_batch = export_graph(model, example, name)
