@@ -20,51 +20,41 @@ import torch
 
 from ...errors import ModelError
 from ..base import LayerInfo
+from .activations import Activation, activation_of
 
 aten = torch.ops.aten
+#: Convolutions: (op name as on the ONNX side, argument positions of "transposed" and "groups").
 CONV_TARGETS = {
-    aten.conv1d.default: "Conv",
-    aten.conv2d.default: "Conv",
-    aten.conv3d.default: "Conv",
-    aten.convolution.default: "Conv",
-    aten.conv_transpose2d.input: "ConvTranspose",
-}
-ACTIVATION_TARGETS = {
-    aten.relu.default: "relu",
-    aten.relu_.default: "relu",
-    aten.relu6.default: "relu6",
-    aten.hardswish.default: "hardswish",
-    aten.hardswish_.default: "hardswish",
-    aten.silu.default: "silu",
-    aten.silu_.default: "silu",
-    aten.leaky_relu.default: "leaky_relu",
-    aten.leaky_relu_.default: "leaky_relu",
-    aten.prelu.default: "prelu",
-    aten._prelu_kernel.default: "prelu",
-    aten.sigmoid.default: "sigmoid",
-    aten.gelu.default: "gelu",
-    aten.elu.default: "elu",
-    aten.tanh.default: "tanh",
-    aten.mish.default: "mish",
-    aten.hardsigmoid.default: "hard_sigmoid",
+    aten.conv1d.default: ("Conv", None, 6),
+    aten.conv2d.default: ("Conv", None, 6),
+    aten.conv3d.default: ("Conv", None, 6),
+    aten.conv_transpose1d.default: ("ConvTranspose", None, 6),
+    aten.conv_transpose2d.input: ("ConvTranspose", None, 6),
+    aten.conv_transpose3d.input: ("ConvTranspose", None, 6),
+    aten.convolution.default: ("Conv", 6, 8),
 }
 # positions of (weight, running_var, eps) in each eval-mode batch-norm op's arguments
 _BATCH_NORM_ARGS = {
     aten.batch_norm.default: (1, 4, 7),
     aten._native_batch_norm_legit_no_training.default: (1, 4, 6),
 }
+#: Ops whose output channel c is made from input channel c (and other tensors), walked through to the activation.
 CHANNEL_PRESERVING_TARGETS = {
     aten.batch_norm.default,
     aten._native_batch_norm_legit_no_training.default,
-    aten.add.Tensor,
-    aten.add_.Tensor,
-    aten.mul.Tensor,
-    aten.sub.Tensor,
-    aten.div.Tensor,
+    aten.group_norm.default,
+    aten.instance_norm.default,
+    *(getattr(aten, op).Tensor for op in ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_")),
+    *(getattr(aten, op).Scalar for op in ("add", "sub", "mul", "div")),  # TorchScript's scalar forms
     aten.dropout.default,
     aten.clone.default,
-    aten.max_pool2d.default,  # commutes with a ReLU after it: the same units are dead either way
+    # max-pooling commutes with a rectifier after it: the same units are dead either way
+    aten.max_pool1d.default,
+    aten.max_pool2d.default,
+    aten.max_pool3d.default,
 }
+#: Ops walked from a conv to its activation at most: real chains are a few ops long.
+WALK_DEPTH = 32
 
 
 def export_graph(model: Any, example: torch.Tensor, name: str) -> tuple[torch.fx.GraphModule, int | None]:
@@ -135,26 +125,53 @@ def layer_id(node: torch.fx.Node) -> str:
     return list(stack.values())[-1][0] if stack else node.name
 
 
-def _find_activation(node: torch.fx.Node) -> tuple[str, torch.fx.Node] | None:
-    """Walk from a conv node through channel-preserving ops to its activation."""
-    for _ in range(32):
-        users = list(node.users)
-        for user in users:
-            if user.target in ACTIVATION_TARGETS:
-                kind = ACTIVATION_TARGETS[user.target]
-                if kind == "sigmoid":  # x * sigmoid(x) is SiLU
-                    product = next((u for u in user.users if u.target == aten.mul.Tensor and node in u.args), None)
-                    if product is not None:
-                        return "silu", product
-                return kind, user
-            if user.target in (aten.hardtanh.default, aten.hardtanh_.default, aten.clamp.default):
-                low, high = [*user.args[1:3], None, None][:2]
-                if low == 0:
-                    return ("relu6" if high == 6 else "clip"), user
-        if len(users) != 1 or users[0].target not in CHANNEL_PRESERVING_TARGETS:
+def find_activation(conv: torch.fx.Node) -> Activation | None:
+    """The activation that follows ``conv`` through channel-preserving ops.
+
+    Breadth first, so a residual ``Add`` whose output feeds both a ``Mul`` and the next ``Add``
+    is followed on both paths: the nearest activation is the one, unless two differ at the same
+    distance (then none is, rather than a guess).
+    """
+    frontier, seen = [conv], {conv}
+    for _ in range(WALK_DEPTH):
+        found: dict[torch.fx.Node, Activation] = {}
+        following = []
+        for node in frontier:
+            activation = activation_of(node)
+            if activation is not None:
+                found.setdefault(activation.node, activation)
+                continue
+            for user in node.users:
+                if user.target in CHANNEL_PRESERVING_TARGETS and user not in seen:
+                    seen.add(user)
+                    following.append(user)
+        if found:
+            return next(iter(found.values())) if len(found) == 1 else None
+        if not following:
             return None
-        node = users[0]
+        frontier = following
     return None
+
+
+def conv_kind(node: torch.fx.Node) -> str:
+    """ "Conv" or "ConvTranspose" (``aten.convolution`` says which in an argument)."""
+    name, transposed_at, _ = CONV_TARGETS[node.target]
+    if transposed_at is not None and len(node.args) > transposed_at and node.args[transposed_at]:
+        return "ConvTranspose"
+    return name
+
+
+def _conv_channels(graph_module: torch.fx.GraphModule, node: torch.fx.Node) -> int:
+    """Output channels, from the stored weight (0 when the weight is computed in the graph)."""
+    weight = node.args[1]
+    if not (isinstance(weight, torch.fx.Node) and weight.op == "get_attr"):
+        return 0
+    shape = getattr_path(graph_module, str(weight.target)).shape
+    if conv_kind(node) == "Conv":
+        return int(shape[0])
+    groups_at = CONV_TARGETS[node.target][2]
+    groups = node.args[groups_at] if len(node.args) > groups_at else 1
+    return int(shape[1]) * int(groups)
 
 
 def instrument(
@@ -166,21 +183,20 @@ def instrument(
     for node in list(graph_module.graph.nodes):
         if node.op != "call_function" or node.target not in CONV_TARGETS:
             continue
-        weight = node.args[1]
-        channels = 0
-        if isinstance(weight, torch.fx.Node) and weight.op == "get_attr":
-            tensor = getattr_path(graph_module, str(weight.target))
-            transposed = CONV_TARGETS[node.target] == "ConvTranspose"
-            channels = int(tensor.shape[1] if transposed else tensor.shape[0])
-        found = _find_activation(node)
-        kind, activation = found if found is not None else (None, None)
-        key = activation.name if activation is not None else None
-        if activation is not None and key not in recorded:
+        found = find_activation(node)
+        key = found.node.name if found is not None else None
+        if found is not None and key not in recorded:
             recorded.add(key)
-            with graph_module.graph.inserting_after(activation):
-                graph_module.graph.call_function(record, (key, activation))
+            with graph_module.graph.inserting_after(found.node):
+                graph_module.graph.call_function(record, (key, found.node))
         layers.append(
-            LayerInfo(id=layer_id(node), op=CONV_TARGETS[node.target], activation=kind, channels=channels, tensor=key)
+            LayerInfo(
+                id=layer_id(node),
+                op=conv_kind(node),
+                activation=found.kind if found is not None else None,
+                channels=_conv_channels(graph_module, node),
+                tensor=key,
+            )
         )
     graph_module.recompile()
     return tuple(layers)
