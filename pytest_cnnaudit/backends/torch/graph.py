@@ -7,6 +7,7 @@ BasicBlock) is two graph nodes. A recording call is inserted after each
 activation node of a private copy of the graph, so statistics are computed as
 the forward pass goes and the user's module is never touched. TorchScript
 archives are converted with torch's own TorchScript-to-export converter.
+Which ops make an activation, in each form it is written, is :mod:`.activations`'.
 """
 
 from __future__ import annotations
