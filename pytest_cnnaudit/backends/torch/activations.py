@@ -61,14 +61,14 @@ SINGLE_OPS = {
     aten._softmax.default: "softmax",
 }
 ELU_OPS = (aten.elu.default, aten.elu_.default)
-#: Clamp-like ops: (position of the lower bound, of the upper bound, their defaults).
+#: Clamp-like ops: (name, position, default) of the lower and of the upper bound.
 CLAMP_OPS = {
-    aten.hardtanh.default: (1, 2, -1.0, 1.0),
-    aten.hardtanh_.default: (1, 2, -1.0, 1.0),
-    aten.clamp.default: (1, 2, None, None),
-    aten.clamp_.default: (1, 2, None, None),
-    aten.clamp_min.default: (1, None, None, None),
-    aten.clamp_min_.default: (1, None, None, None),
+    aten.hardtanh.default: (("min_val", 1, -1.0), ("max_val", 2, 1.0)),
+    aten.hardtanh_.default: (("min_val", 1, -1.0), ("max_val", 2, 1.0)),
+    aten.clamp.default: (("min", 1, None), ("max", 2, None)),
+    aten.clamp_.default: (("min", 1, None), ("max", 2, None)),
+    aten.clamp_min.default: (("min", 1, None), ("max", None, None)),
+    aten.clamp_min_.default: (("min", 1, None), ("max", None, None)),
 }
 MUL_OPS = (aten.mul.Tensor, aten.mul.Scalar)
 DIV_OPS = (aten.div.Tensor, aten.div.Scalar)
@@ -128,25 +128,24 @@ def _single_op_kind(node: Node) -> str | None:
     if node.target in SINGLE_OPS:
         return SINGLE_OPS[node.target]
     if node.target in ELU_OPS:
-        alpha, scale, input_scale = (float(_argument(node, i, name, 1.0)) for i, name in _ELU_ARGUMENTS)
+        alpha, scale, input_scale = (float(_argument(node, name, at, 1.0)) for name, at in _ELU_ARGUMENTS)
         if math.isclose(alpha, SELU_ALPHA) and math.isclose(scale, SELU_SCALE):
             return "selu"
         return "celu" if input_scale != 1.0 else "elu"
     if node.target in CLAMP_OPS:
-        low_at, high_at, low_default, high_default = CLAMP_OPS[node.target]
-        low = _argument(node, low_at, "min_val" if low_default is not None else "min", low_default)
-        high = _argument(node, high_at, "max_val" if high_default is not None else "max", high_default)
+        low, high = (_argument(node, name, at, default) for name, at, default in CLAMP_OPS[node.target])
         if low is not None and float(low) == 0.0:
             return "relu6" if high is not None and float(high) == 6.0 else "clip"
     return None
 
 
-_ELU_ARGUMENTS = ((1, "alpha"), (2, "scale"), (3, "input_scale"))
+_ELU_ARGUMENTS = (("alpha", 1), ("scale", 2), ("input_scale", 3))
 
 
-def _argument(node: Node, index: int | None, name: str, default: Any) -> Any:
-    if index is not None and len(node.args) > index:
-        return node.args[index]
+def _argument(node: Node, name: str, at: int | None, default: Any) -> Any:
+    """An op's argument given by position or by name."""
+    if at is not None and len(node.args) > at:
+        return node.args[at]
     return node.kwargs.get(name, default)
 
 
@@ -165,11 +164,11 @@ def _gated(x: Node) -> Activation | None:
 
 
 def _gate_kind(ops: set[str]) -> str | None:
-    if "erf" in ops:
-        return "gelu"
+    """What the gate's ops make of ``x * g(x)``; GELU's gate is ``1 + erf(..)`` or ``1 + tanh(cubic)``
+    (``x * erf(x)`` and ``x * tanh(x)`` are never negative: no rectifier)."""
     if "tanh" in ops and ops & {"softplus", "log1p"}:
         return "mish"
-    if "tanh" in ops and "pow" in ops:
+    if "arithmetic" in ops and ("erf" in ops or ops >= {"tanh", "pow"}):
         return "gelu"
     if "sigmoid" in ops:
         return "silu"
