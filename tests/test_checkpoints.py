@@ -13,6 +13,7 @@ from modelbuilders import LIGHTNING_DATA_MODULE, save_lightning_like, small_conv
 
 from pytest_cnnaudit.audit import open_model, run_audit
 from pytest_cnnaudit.backends.torch import load_torch_module
+from pytest_cnnaudit.backends.torch.checkpoints import fit_keys
 from pytest_cnnaudit.config import load_config
 from pytest_cnnaudit.errors import ModelError
 
@@ -98,6 +99,21 @@ def test_wrapper_prefix_is_stripped_and_said(wrap, prefix: str, tmp_path: Path) 
     notes, dead = audited(tmp_path / "net.pth", "path: net.pth, factory: 'arch:net'")
     assert notes == (f"stripped prefix {prefix!r} from 8 state_dict keys",)
     assert dead == EXPECTED_DEAD
+
+
+def test_old_data_parallel_file_without_batch_norm_counters(tmp_path: Path) -> None:
+    """Files from before torch 0.4.1 lack BatchNorm's num_batches_tracked; load_state_dict fills them in,
+    so the prefix is still all that differs. torch's version records follow the renamed keys."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+    state_dict = torch.nn.DataParallel(net).state_dict()
+    del state_dict["module.1.num_batches_tracked"]
+    state_dict._metadata["module.1"]["version"] = 1  # BatchNorm's layout before the counter existed
+    spec = load_config(write_config(tmp_path, "path: net.pth")).models[0]
+    fitted, note = fit_keys(state_dict, net.state_dict().keys(), spec, tmp_path / "net.pth")
+    assert note == "stripped prefix 'module.' from 6 state_dict keys"
+    assert list(fitted) == ["0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var"]
+    assert fitted._metadata == {"": {"version": 1}, "0": {"version": 1}, "1": {"version": 1}, "2": {"version": 1}}
+    net.load_state_dict(fitted)
 
 
 def test_prefix_the_module_itself_has_is_kept(tmp_path: Path) -> None:

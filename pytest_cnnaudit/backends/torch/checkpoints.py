@@ -10,6 +10,7 @@ an error that names the config key settling it.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -101,27 +102,48 @@ def _keys(mapping: Mapping[Any, Any], shown: int = 8) -> str:
 
 def fit_keys(
     state_dict: Mapping[str, torch.Tensor], expected: Collection[str], spec: ModelSpec, path: Path
-) -> tuple[dict[str, torch.Tensor], str | None]:
+) -> tuple[Mapping[str, torch.Tensor], str | None]:
     """The state_dict with the keys the module expects where a prefix is all that differs, and a note saying so."""
     if spec.strip_prefix:
         return _strip_explicit(state_dict, spec.strip_prefix, path)
-    wanted = set(expected)
-    if set(state_dict) == wanted:
-        return dict(state_dict), None
+    if _fits(state_dict, expected):
+        return state_dict, None
     keys, stripped = list(state_dict), ""
     while prefix := next((p for p in WRAPPER_PREFIXES if all(key.startswith(p) for key in keys)), None):
         keys = [key[len(prefix) :] for key in keys]
         stripped += prefix
-        if set(keys) == wanted:
-            fitted = {key[len(stripped) :]: tensor for key, tensor in state_dict.items()}
+        if _fits(keys, expected):
+            fitted = _under(state_dict, stripped)
             return fitted, f"stripped prefix {stripped!r} from {len(fitted)} state_dict keys"
-    return dict(state_dict), None
+    return state_dict, None
+
+
+def _fits(keys: Collection[str], expected: Collection[str]) -> bool:
+    """The module's keys exactly, or all but BatchNorm's counters, which files older than torch 0.4.1 lack
+    and ``load_state_dict`` fills in."""
+    wanted, found = set(expected), set(keys)
+    return found == wanted or found == {key for key in wanted if not key.endswith(".num_batches_tracked")}
+
+
+def _under(state_dict: Mapping[str, torch.Tensor], prefix: str) -> OrderedDict[str, torch.Tensor]:
+    """The entries under ``prefix``, renamed without it; torch's per-module version records follow them
+    (``load_state_dict`` reads them to convert old layouts)."""
+    fitted = OrderedDict((key[len(prefix) :], value) for key, value in state_dict.items() if key.startswith(prefix))
+    metadata = getattr(state_dict, "_metadata", None)
+    if metadata is not None:
+        root = prefix[:-1]
+        fitted._metadata = {  # type: ignore[attr-defined]
+            ("" if name == root else name[len(prefix) :]): version
+            for name, version in metadata.items()
+            if name == root or name.startswith(prefix)
+        }
+    return fitted
 
 
 def _strip_explicit(
     state_dict: Mapping[str, torch.Tensor], prefix: str, path: Path
-) -> tuple[dict[str, torch.Tensor], str]:
-    kept = {key[len(prefix) :]: tensor for key, tensor in state_dict.items() if key.startswith(prefix)}
+) -> tuple[Mapping[str, torch.Tensor], str]:
+    kept = _under(state_dict, prefix)
     if not kept:
         raise ModelError(
             f"{path}: no state_dict key starts with models[].strip_prefix {prefix!r} "
