@@ -153,7 +153,7 @@ def test_explicit_strip_prefix_keeps_only_the_keys_under_it(tmp_path: Path) -> N
         "the file holds every key of the model under 'model.': set models[].strip_prefix: 'model.'"
     )
     notes, dead = audited(tmp_path / "net.pth", "path: net.pth, factory: 'arch:net', strip_prefix: model.")
-    assert notes == ("stripped prefix 'model.' from 8 state_dict keys and left out 1 keys without it",)
+    assert notes == ("stripped prefix 'model.' from 8 state_dict keys and left out 1 key without it",)
     assert dead == EXPECTED_DEAD
 
 
@@ -223,7 +223,9 @@ def test_state_dict_key_that_is_not_there(tmp_path: Path) -> None:
         f"{tmp_path / 'net.pth'}: models[].state_dict_key 'ema.module': 'ema' has no key 'module'; its keys: ['model']"
     )
     message = refusal(tmp_path / "net.pth", "path: net.pth, factory: 'arch:net', state_dict_key: epoch")
-    assert message.endswith("models[].state_dict_key 'epoch' holds a int, not a state_dict (a dict of tensors)")
+    assert message.endswith(
+        "models[].state_dict_key 'epoch' holds a value of type int, not a state_dict (a dict of tensors)"
+    )
 
 
 def test_dict_without_a_state_dict(tmp_path: Path) -> None:

@@ -88,7 +88,7 @@ def _at_key(loaded: Any, dotted: str, path: Path) -> Weights:
         walked.append(part)
     if not _is_weights(value):
         raise ModelError(
-            f"{path}: models[].state_dict_key {dotted!r} holds a {type(value).__name__}, "
+            f"{path}: models[].state_dict_key {dotted!r} holds a value of type {type(value).__name__}, "
             "not a state_dict (a dict of tensors)"
         )
     return value
@@ -151,7 +151,8 @@ def _strip_explicit(
         )
     left_out = len(state_dict) - len(kept)
     note = f"stripped prefix {prefix!r} from {len(kept)} state_dict keys"
-    return kept, note + (f" and left out {left_out} keys without it" if left_out else "")
+    left = f" and left out {left_out} key{'s' if left_out > 1 else ''} without it" if left_out else ""
+    return kept, note + left
 
 
 def state_dict_mismatch(expected: Mapping[str, Any], found: Mapping[str, Any]) -> str:
