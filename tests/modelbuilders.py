@@ -13,7 +13,7 @@ Import from a test module as ``from modelbuilders import ...`` (pytest puts
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +156,173 @@ def export_onnx(
             dynamo=False,
         )
     return path
+
+
+# --------------------------------------------------------------------------- checkpoints as training code saves them
+
+
+class AttributeDict(dict):
+    """Lightning's hyper-parameter dict, pickled under Lightning's own name (Lightning is not installed here)."""
+
+    def __getattr__(self, key: str) -> object:
+        return self[key]
+
+
+#: Where Lightning 2.x keeps :class:`AttributeDict`; the name a checkpoint's pickle refers to.
+LIGHTNING_DATA_MODULE = "lightning.fabric.utilities.data"
+
+
+def save_lightning_like(state_dict: Mapping[str, torch.Tensor], path: Path, prefix: str = "model.") -> Path:
+    """A checkpoint laid out as Lightning's ModelCheckpoint writes it (lightning 2.x), saved to ``path``.
+
+    The LightningModule holds the network as ``self.model``, so every key gains ``prefix``. Beside
+    the weights: loop and callback state, an optimizer and scheduler state, and hyper-parameters
+    holding what plain ``torch.load(weights_only=True)`` refuses (an AttributeDict, an
+    argparse.Namespace, a PosixPath, a numpy scalar, a timedelta).
+    """
+    import argparse
+    import datetime
+    import pathlib
+    import sys
+    import types
+
+    parameter = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.SGD([parameter], lr=0.1, momentum=0.9)
+    parameter.grad = torch.ones(2)
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=10)
+    checkpoint = {
+        "epoch": 3,
+        "global_step": 120,
+        "pytorch-lightning_version": "2.4.0",
+        "state_dict": {f"{prefix}{key}": value for key, value in state_dict.items()},
+        "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": 4, "completed": 3}}}},
+        "callbacks": {
+            "ModelCheckpoint{'monitor': 'val_loss', 'mode': 'min'}": {
+                "monitor": "val_loss",
+                "best_model_score": torch.tensor(0.25),
+                "best_model_path": "/runs/epoch=3.ckpt",
+                "dirpath": pathlib.PosixPath("/runs"),
+                "kth_value": torch.tensor(float("inf")),
+            },
+            "Timer": {"time_elapsed": {"train": datetime.timedelta(minutes=3).total_seconds()}},
+        },
+        "optimizer_states": [optimizer.state_dict()],
+        "lr_schedulers": [scheduler.state_dict()],
+        "hparams_name": "kwargs",
+        "hyper_parameters": AttributeDict(
+            lr=0.1,
+            width=np.float64(8.0),
+            args=argparse.Namespace(batch_size=32),
+            budget=datetime.timedelta(hours=1),
+        ),
+    }
+    parts = LIGHTNING_DATA_MODULE.split(".")
+    names = [".".join(parts[: i + 1]) for i in range(len(parts))]
+    fakes = {name: types.ModuleType(name) for name in names}
+    fakes[LIGHTNING_DATA_MODULE].AttributeDict = AttributeDict  # type: ignore[attr-defined]
+    AttributeDict.__module__ = LIGHTNING_DATA_MODULE
+    sys.modules.update(fakes)
+    try:
+        torch.save(checkpoint, path)
+    finally:
+        AttributeDict.__module__ = __name__
+        for name in names:
+            del sys.modules[name]
+    return path
+
+
+# --------------------------------------------------------------------------- every rectifier, every form
+
+#: Bias of a channel planted dead in a rectifier network: far below zero, so every rectifier's
+#: output is <= 0 there (HardSwish exactly 0, SiLU/GELU/Mish a tiny negative, ELU about -1).
+RECTIFIER_DEAD_BIAS = -50.0
+
+
+class Elementwise(nn.Module):
+    """An activation written as a function (``lambda x: x * torch.sigmoid(x)``), as a module so hooks see it."""
+
+    def __init__(self, function: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.function = function
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.function(x)
+
+
+class ActivationNet(nn.Module):
+    """conv1 (3->w) + act1, conv2 (w->w) + act2, global average pool, linear (w->4).
+
+    ``make_activation()`` is called once per place (a PReLU has weights of its own).
+    """
+
+    CONVS = ("conv1", "conv2")
+
+    def __init__(self, make_activation: Callable[[], nn.Module], width: int = 8) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, padding=1)
+        self.act1 = make_activation()
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+        self.act2 = make_activation()
+        self.head = nn.Linear(width, 4)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.act2(self.conv2(self.act1(self.conv1(image))))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def plant_convs(net: nn.Module, dead: Mapping[str, Sequence[int]], seed: int = 0) -> nn.Module:
+    """Zero-mean filters in every ``nn.Conv*`` of ``net`` (in module order); ``dead`` channels (by
+    conv name) get zero weights and :data:`RECTIFIER_DEAD_BIAS`. Returns ``net`` in eval mode."""
+    convs = [(name, m) for name, m in net.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    unknown = set(dead) - {name for name, _ in convs}
+    if unknown:
+        raise ValueError(f"no conv named {sorted(unknown)}")
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():
+        for name, conv in convs:
+            fan_in = int(np.prod(conv.weight.shape[1:]))
+            weight = rng.normal(0.0, np.sqrt(2.0 / fan_in), tuple(conv.weight.shape))
+            weight -= weight.reshape(weight.shape[0], -1).mean(axis=1).reshape(-1, *[1] * (weight.ndim - 1))
+            bias = rng.uniform(-0.05, 0.05, conv.weight.shape[0])
+            weight[list(dead.get(name, ()))] = 0.0
+            bias[list(dead.get(name, ()))] = RECTIFIER_DEAD_BIAS
+            conv.weight.copy_(torch.from_numpy(weight))
+            conv.bias.copy_(torch.from_numpy(bias))
+    return net.eval()
+
+
+class ResidualChainNet(nn.Module):
+    """conv1 + ReLU, then conv2 into ``a = conv2 + x``, ``relu(a * 0.5 + a)``: the sum has two users."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, padding=1)
+        self.act1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+        self.act2 = nn.ReLU()
+        self.head = nn.Linear(width, 4)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.conv1(image))
+        a = self.conv2(x) + x
+        y = self.act2(a * 0.5 + a)
+        return self.head(y.mean(dim=(2, 3)))
+
+
+class SequenceNet(nn.Module):
+    """A Conv1d (audio) or Conv3d (video) network: conv1 + ReLU, conv2 + SiLU, pool, linear."""
+
+    def __init__(self, dims: int, in_channels: int, width: int = 8) -> None:
+        super().__init__()
+        conv = {1: nn.Conv1d, 3: nn.Conv3d}[dims]
+        self.dims = dims
+        self.conv1 = conv(in_channels, width, 3, padding=1)
+        self.act1 = nn.ReLU()
+        self.conv2 = conv(width, width, 3, padding=1)
+        self.act2 = nn.SiLU()
+        self.head = nn.Linear(width, 4)
+
+    def forward(self, signal: torch.Tensor) -> torch.Tensor:
+        x = self.act2(self.conv2(self.act1(self.conv1(signal))))
+        return self.head(x.mean(dim=tuple(range(2, 2 + self.dims))))

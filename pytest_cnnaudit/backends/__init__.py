@@ -14,7 +14,7 @@ from ..errors import ModelError
 from .base import Backend, FirstConv, LayerInfo
 
 ONNX_SUFFIXES = (".onnx",)
-TORCH_SUFFIXES = (".pt", ".pth", ".pt2", ".ts", ".torchscript", ".safetensors", ".bin")
+TORCH_SUFFIXES = (".pt", ".pth", ".pt2", ".ts", ".torchscript", ".safetensors", ".bin", ".ckpt")
 MODEL_SUFFIXES = ONNX_SUFFIXES + TORCH_SUFFIXES
 
 
@@ -35,8 +35,8 @@ def open_backend(model: Path | Any, spec: ModelSpec, config_dir: Path, batch_siz
     if model.suffix.lower() in TORCH_SUFFIXES:
         from .torch import TorchBackend, load_torch_module
 
-        loaded, format_name = load_torch_module(model, spec, config_dir)
-        return TorchBackend(loaded, format_name, spec.input, str(model), batch_size)
+        loaded = load_torch_module(model, spec, config_dir)
+        return TorchBackend(loaded.model, loaded.format, spec.input, str(model), batch_size, loaded.notes)
     raise ModelError(f"{model}: unknown model format {model.suffix!r} (expected one of {', '.join(MODEL_SUFFIXES)})")
 
 

@@ -54,6 +54,7 @@ class Backend(Protocol):
     layers: tuple[LayerInfo, ...]
     fixed_batch: int | None  # the only batch size the model accepts, if it has one
     input_spec: InputSpec  # every field resolved (from the model, the config or defaults)
+    notes: tuple[str, ...]  # one-line remarks on how the model was read (a stripped key prefix, ...)
 
     def run(self, batch: np.ndarray, sink: ActivationSink) -> None:
         """Run one batch of model input (``fixed_batch`` rows if set); call ``sink`` per measured tensor."""

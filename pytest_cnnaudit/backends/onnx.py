@@ -62,6 +62,7 @@ class OnnxBackend:
     """An ONNX model opened for measurement."""
 
     format = "onnx"
+    notes: tuple[str, ...] = ()
 
     def __init__(self, path: Path, configured: InputSpec, threads: int | None = None) -> None:
         self.path = path

@@ -286,9 +286,33 @@ class ModelSpec:
     checks: dict[str, Any] = field(
         default_factory=dict, metadata=_doc("partial checks section for this model", overrides=ChecksConfig)
     )
+    state_dict_key: str | None = field(
+        default=None,
+        metadata=_doc(
+            "key of the state_dict in a dict checkpoint, dotted for nesting ('state_dict', 'ema.model'); "
+            "unset: the one value of the checkpoint (or of a dict in it) that is a state_dict"
+        ),
+    )
+    strip_prefix: str | None = field(
+        default=None,
+        metadata=_doc(
+            "keep only the state_dict keys under this prefix, with the prefix removed ('model.' of a Lightning "
+            "module); unset: a 'module.', '_orig_mod.' or 'model.' prefix is stripped when that alone makes the "
+            "keys fit the factory's module"
+        ),
+    )
+    pythonpath: tuple[str, ...] = field(
+        default=(),
+        metadata=_doc(
+            "folders (relative to the config file) put on sys.path while the factory is imported or a trusted "
+            "pickle is loaded, besides the config's and the model's own folders"
+        ),
+    )
 
     def __post_init__(self) -> None:
         _check(bool(self.path), "path", "every model needs a path")
+        _check(self.strip_prefix != "", "strip_prefix", "an empty prefix strips nothing; leave it unset")
+        _check(self.state_dict_key != "", "state_dict_key", "an empty key names nothing; leave it unset")
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ class OpenedModel:
     @property
     def layout(self) -> ModelLayout:
         backend = self.backend
-        return ModelLayout(backend.format, backend.input_spec, backend.layers, tuple(getattr(backend, "notes", ())))
+        return ModelLayout(backend.format, backend.input_spec, backend.layers, backend.notes)
 
     def plan(self, baseline: Baseline | None = None) -> ModelPlan:
         return ModelPlan(self.name, self.spec, self.config, self.layout, baseline)

@@ -240,6 +240,7 @@ def model_section(model_id: str, document: ModelDocument, pictures: Pictures | N
             f"input {_e(list(spec.size or ()))} {_e(spec.layout)} {_e(spec.channels)}",
             f"probe: {_e(probe.description)}, seed {_e(probe.seed)}",
         ]
+    meta.extend(f"note: {_e(note)}" for note in document.notes)
     if document.error is not None:
         meta.append(f"error: {_e(document.error)}")
     checks = list(dict.fromkeys(row.check for row in sorted(document.verdicts, key=_check_rank)))

@@ -140,7 +140,8 @@ class _Writer:
     def model(self, document: ModelDocument, path: Path) -> None:
         spec = self.config.model_spec(path)
         self.add(f"  - path: {flow(Path(os.path.relpath(path, self.target_dir)).as_posix())}")
-        for key in ("factory", "factory_kwargs", "trust_pickle"):  # how to load it, kept from the config in use
+        loading = ("name", "factory", "factory_kwargs", "trust_pickle", "state_dict_key", "strip_prefix", "pythonpath")
+        for key in loading:  # how to load and name it, kept from the config in use
             if getattr(spec, key) != getattr(ModelSpec(path=spec.path), key):
                 self.add(f"    {key}: {flow(getattr(spec, key))}")
         if document.input is not None:

@@ -11,6 +11,7 @@ def summary_lines(documents: list[ModelDocument]) -> list[str]:
     lines: list[str] = []
     for document in documents:
         lines.append(document.path)
+        lines.extend(f"  note: {note}" for note in document.notes)
         if document.error is not None:
             lines.append(f"  error: {document.error}")
             continue

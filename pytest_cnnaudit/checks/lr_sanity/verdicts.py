@@ -1,10 +1,7 @@
 """Learning-rate sanity: a short fine-tuning probe must not kill filters.
 
 The verdicts are pure functions of the dead channels before and after training,
-the losses and the limits. :class:`LrSanityAnalysis` is the glue the audit runs:
-its ``plan`` is pure too, and its ``run`` imports :mod:`pytest_cnnaudit.lr_probe`
-(and with it torch) only when the check is enabled, so auditing an ONNX model
-without it never imports torch.
+the losses and the limits; :mod:`.check` runs the probe (:mod:`.probe`) and calls them.
 
 A *safe* rate is one at which the loss stays finite and no layer gains more newly
 dead filters than ``max_new_dead`` allows (with the default 0: no filter dies). The
