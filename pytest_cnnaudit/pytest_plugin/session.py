@@ -144,7 +144,9 @@ class AuditSession:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
-        if config.getvalue("dist") != "loadgroup":
+        """``-n N`` (``load``) and ``--dist loadgroup`` keep each model's items on one worker, which measures
+        it once; other tests are spread as usual. Other modes (``loadfile``, ``each``, ...) are the user's."""
+        if config.getvalue("dist") not in ("load", "loadgroup"):
             return None
         from .xdist import ModelGroupScheduling
 
