@@ -159,7 +159,7 @@ def test_plan_is_empty_unless_enabled_and_skips_layers_without_zeros() -> None:
 
     layers = (
         LayerInfo("conv1", "Conv", "relu", 8, "r1"),
-        LayerInfo("conv2", "Conv", "silu", 8, "s2"),
+        LayerInfo("conv2", "Conv", "sigmoid", 8, "s2"),  # saturating: no inactive region to count
         LayerInfo("proj", "Conv", None, 8, None),
         LayerInfo("conv3", "Conv", "relu6", 8, "r3"),
     )

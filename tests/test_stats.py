@@ -18,7 +18,7 @@ from pytest_cnnaudit import stats as stats_module
 from pytest_cnnaudit.stats import PARALLEL_MIN_VALUES, TOP_IMAGES, ChannelAccumulator, ChannelStats
 
 FINITE = st.floats(min_value=-100.0, max_value=100.0, width=32, allow_nan=False, allow_infinity=False)
-#: Exact zeros are what the audit counts, so they come up often; so do tiny values near an eps.
+#: Values at or below zero are what the audit counts; exact zeros and tiny values near an eps come up often.
 ELEMENTS = st.one_of(st.just(0.0), st.just(-0.0), st.floats(-(2.0**-10), 2.0**-10, width=32), FINITE)
 
 
@@ -52,7 +52,7 @@ def assert_matches_numpy(stats: ChannelStats, nchw: np.ndarray, eps: float = 0.0
     """Compare with numpy over the whole (N, C, H, W) array, computed in float64."""
     n, c, h, w = nchw.shape
     values = nchw.astype(np.float64)
-    zero = np.abs(values) <= eps
+    zero = values <= eps  # inactive: a rectifier's output at or below eps
     assert stats.count == n * h * w
     np.testing.assert_array_equal(stats.zeros, zero.sum(axis=(0, 2, 3)))
     np.testing.assert_array_equal(stats.max, values.max(axis=(0, 2, 3)))
@@ -135,25 +135,38 @@ def test_a_forked_child_reduces_on_a_pool_of_its_own() -> None:
     pytest.fail("the forked child hung reducing a batch")
 
 
-def test_eps_zero_counts_only_exact_zeros() -> None:
+def test_inactive_means_at_or_below_eps() -> None:
+    """A rectifier's output is <= 0 exactly where it is inactive: zeros and negatives count, positives do not."""
     batch = np.array([0.0, -0.0, 1e-30, -1e-30, 2.0, -2.0], dtype=np.float32).reshape(1, 1, 2, 3)
     exact = accumulate(batch, [])
-    assert exact.zeros.tolist() == [2]
+    assert exact.zeros.tolist() == [4]
     assert exact.dead_channels == ()
     near = accumulate(batch, [], eps=1e-20)
-    assert near.zeros.tolist() == [4]
+    assert near.zeros.tolist() == [5]
     everything = accumulate(batch, [], eps=2.0)
     assert everything.zeros.tolist() == [6]
     assert everything.dead_channels == (0,)
 
 
-def test_negative_only_channel_is_not_dead() -> None:
-    """Dead means zero, not 'not positive': a leaky unit's negative outputs are activity."""
+def test_negative_only_channel_is_dead() -> None:
+    """A leaky unit (ELU, SiLU, LeakyReLU) that only ever outputs negatives never activates."""
     batch = np.full((2, 1, 3, 3), -0.01, dtype=np.float32)
     stats = accumulate(batch, [1])
-    assert stats.dead_channels == ()
-    assert stats.sparsity == 0.0
-    assert accumulate(batch, [1], eps=0.01).dead_channels == (0,)
+    assert stats.dead_channels == (0,)
+    assert stats.sparsity == 1.0
+
+
+def test_float16_activations_reduce_in_float64() -> None:
+    """An fp16 graph hands over float16 maps: counts, sums and maxima equal float64 numpy on them."""
+    rng = np.random.default_rng(0)
+    array = rng.normal(0.0, 30.0, size=(6, 4, 32, 32)).astype(np.float16)
+    array[:, 2] = -0.0
+    stats = accumulate(array, [2, 5])
+    assert_matches_numpy(stats, array)
+    assert stats.dead_channels == (2,)
+    assert stats.max.dtype == stats.mean.dtype == np.float64
+    # Float16 sums of 1024 values of this size would overflow or lose digits; float64 keeps them.
+    assert np.isfinite(stats.var).all()
 
 
 def test_large_offset_keeps_variance() -> None:

@@ -16,10 +16,32 @@ import numpy as np
 
 from ..config import InputSpec
 
-#: Activations whose inactive output is an exact zero: sparsity and dead
-#: filters are meaningful for them. Others (leaky_relu, prelu, silu, sigmoid,
-#: tanh, gelu, ...) have no true zeros and are skipped unless ``zero_eps > 0``.
-ZERO_PRODUCING = frozenset({"relu", "relu6", "clip", "hardswish"})
+#: Rectifiers: activations whose output is <= 0 exactly where their input is <= 0 (ReLU, ReLU6 and
+#: Clip from 0, HardSwish, SiLU, GELU, Mish, ELU/SELU/CELU, LeakyReLU and PReLU with non-negative
+#: slopes, ThresholdedReLU from a non-negative threshold). For all of them one definition holds:
+#: a unit is inactive where its output is <= ``probe.zero_eps`` (0 by default), and a channel is
+#: dead when its output never exceeds it. For ReLU that is the exact-zero count.
+RECTIFIERS = frozenset(
+    {
+        "relu",
+        "relu6",
+        "clip",
+        "hardswish",
+        "silu",
+        "gelu",
+        "mish",
+        "elu",
+        "selu",
+        "celu",
+        "leaky_relu",
+        "prelu",
+        "thresholded_relu",
+    }
+)
+#: The activations sparsity and dead filters are measured for (the checks' name for them).
+ZERO_PRODUCING = RECTIFIERS
+#: Activations that saturate and have no inactive region: no output value means "off".
+SATURATING = frozenset({"sigmoid", "hard_sigmoid", "tanh", "softmax", "softplus"})
 
 #: Called with (tensor key, activation batch, channel axis) during a forward pass.
 ActivationSink = Callable[[str, np.ndarray, int], None]
@@ -34,6 +56,8 @@ class LayerInfo:
     activation: str | None  # "relu", "relu6", "hardswish", "silu", ...; None: no activation follows
     channels: int
     tensor: str | None  # backend key of the measured activation tensor; shared by layers feeding one Add
+    definition: str | None = None  # what counts as inactive, e.g. "output <= zero_eps"; None: not a rectifier
+    reason: str | None = None  # why a conv is not measured when the activation alone does not say it
 
 
 @dataclass(frozen=True)
@@ -41,7 +65,10 @@ class FirstConv:
     """The first conv layer the image input reaches, with weights on the model's input channels."""
 
     layer_id: str
-    weight: np.ndarray  # (out, in, kh, kw), input channels in the model's own order
+    #: (out, in, kh, kw): weights on the model's *external* input channels, in the model's own order.
+    #: In-graph input normalisation is folded in (its scale; a mean only shifts the bias), and a
+    #: space-to-depth first layer is unfolded (12 channels = 4 x RGB become 3 channels, 2x the kernel).
+    weight: np.ndarray
 
 
 class Backend(Protocol):
