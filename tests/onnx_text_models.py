@@ -7,6 +7,7 @@ every input, so the dead channels of these models are known by construction.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -54,3 +55,79 @@ def two_conv_model(
 def save(model: onnx.ModelProto, path: Path) -> Path:
     onnx.save(model, str(path))
     return path
+
+
+# --------------------------------------------------------------------------- rectifier and precision tests
+
+#: Channels of the first conv planted dead in the rectifier and precision tests (zero weights, bias -50).
+PLANTED = (2, 5)
+PLANTED_BIAS = -50.0
+
+
+def planted_conv(
+    prefix: str, out_channels: int, in_channels: int, dead: tuple[int, ...], seed: int = 0
+) -> dict[str, np.ndarray]:
+    """``{prefix_w, prefix_b}``: zero-mean random filters, ``dead`` channels with zero weights and bias -50."""
+    rng = np.random.default_rng(seed)
+    weight = rng.normal(0.0, np.sqrt(2.0 / (in_channels * 9)), (out_channels, in_channels, 3, 3))
+    weight -= weight.mean(axis=(1, 2, 3), keepdims=True)
+    bias = rng.uniform(-0.05, 0.05, out_channels)
+    weight[list(dead)], bias[list(dead)] = 0.0, PLANTED_BIAS
+    return {f"{prefix}_w": weight.astype(np.float32), f"{prefix}_b": bias.astype(np.float32)}
+
+
+def conv_then(body: str, opset: int = 17, extra: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """image (N,3,16,16) -> conv ``c`` (8 channels, :data:`PLANTED` dead) -> ``body`` (reads ``c``, writes ``out``)."""
+    text = f"""
+    <ir_version: 10, opset_import: ["" : {opset}]>
+    net (float[N, 3, {SIZE}, {SIZE}] image) => (float[N, 8, {SIZE}, {SIZE}] out) {{
+        [c] c = Conv <pads = [1, 1, 1, 1]> (image, c_w, c_b)
+        {body}
+    }}
+    """
+    model = onnx.parser.parse_model(text)
+    for name, value in {**planted_conv("c", 8, 3, PLANTED), **(extra or {})}.items():
+        model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def probe_inputs(count: int = 8, layout: str = "NCHW") -> np.ndarray:
+    """The default probe set at 16x16 as float32 RGB in [0, 1] (what the audit feeds a model with no
+    normalisation configured), in one array."""
+    from pytest_cnnaudit.probes import default_probe_set
+
+    images = next(default_probe_set((SIZE, SIZE), count, 0).batches(count))
+    return np.ascontiguousarray(images.transpose(0, 3, 1, 2) if layout == "NCHW" else images, np.float32)
+
+
+def run_exposing(model: onnx.ModelProto, tensors: list[str], inputs: np.ndarray) -> list[np.ndarray]:
+    """The values of ``tensors`` for ``inputs``, read with onnxruntime from a copy exposing them as outputs."""
+    import onnxruntime as ort
+
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    del exposed.graph.output[:]
+    exposed.graph.output.extend(onnx.ValueInfoProto(name=name) for name in tensors)
+    session = ort.InferenceSession(exposed.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(tensors, {model.graph.input[0].name: inputs})
+
+
+def inactive_reference(activation: np.ndarray) -> tuple[tuple[int, ...], float]:
+    """(dead channels, sparsity) of an (N, C, ...) activation by the definition, in float64 numpy."""
+    values = activation.astype(np.float64)
+    inactive = values <= 0.0
+    per_channel = inactive.reshape(values.shape[0], values.shape[1], -1).all(axis=(0, 2))
+    return tuple(int(c) for c in np.flatnonzero(per_channel)), float(inactive.mean())
+
+
+def measured(path: Path, count: int = 8, zero_eps: float = 0.0, **input_spec: Any) -> tuple[Any, dict[str, Any]]:
+    """The ONNX backend opened on ``path`` and the statistics of one measurement pass over ``count`` probes."""
+    from pytest_cnnaudit.backends.onnx import OnnxBackend
+    from pytest_cnnaudit.config import InputSpec
+    from pytest_cnnaudit.measure import measure
+    from pytest_cnnaudit.probes import default_probe_set
+
+    backend = OnnxBackend(path, InputSpec(**input_spec))
+    stats = measure(backend, default_probe_set(backend.input_spec.size, count, 0), 4, zero_eps)
+    return backend, stats
