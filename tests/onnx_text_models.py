@@ -131,3 +131,77 @@ def measured(path: Path, count: int = 8, zero_eps: float = 0.0, **input_spec: An
     backend = OnnxBackend(path, InputSpec(**input_spec))
     stats = measure(backend, default_probe_set(backend.input_spec.size, count, 0), 4, zero_eps)
     return backend, stats
+
+
+#: Layers of :func:`mixed_network`, its activation after each, and the channels planted dead in each.
+MIXED_LAYERS = {"conv1": ("relu", (2, 5)), "conv2": ("relu", (3,)), "conv3": ("silu", (1, 6)), "head": (None, ())}
+
+
+def mixed_network() -> onnx.ModelProto:
+    """image -> conv1 -> Relu -> conv2 -> residual Add -> Relu -> conv3 -> SiLU -> head (linear) -> pool.
+
+    The shapes a quantiser treats differently: a ReLU it folds after a conv and after an Add,
+    a SiLU it quantises op by op, a conv with no activation.
+    """
+    text = f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    net (float[N, 3, {SIZE}, {SIZE}] image) => (float[N, 6, 1, 1] pooled) {{
+        [conv1] a1 = Conv <pads = [1, 1, 1, 1]> (image, c1_w, c1_b)
+        r1 = Relu (a1)
+        [conv2] a2 = Conv <pads = [1, 1, 1, 1]> (r1, c2_w, c2_b)
+        s2 = Add (a2, r1)
+        r2 = Relu (s2)
+        [conv3] a3 = Conv <pads = [1, 1, 1, 1]> (r2, c3_w, c3_b)
+        g3 = Sigmoid (a3)
+        m3 = Mul (a3, g3)
+        [head] a4 = Conv (m3, c4_w, c4_b)
+        pooled = GlobalAveragePool (a4)
+    }}
+    """
+    weights = {
+        **planted_conv("c1", 8, 3, MIXED_LAYERS["conv1"][1]),
+        **planted_conv("c2", 8, 8, MIXED_LAYERS["conv2"][1], seed=1),
+        **planted_conv("c3", 8, 8, MIXED_LAYERS["conv3"][1], seed=2),
+        **planted_conv("c4", 6, 8, (), seed=3),
+    }
+    weights["c4_w"] = weights["c4_w"][:, :, 1:2, 1:2].copy()  # a 1x1 head
+    model = onnx.parser.parse_model(text)
+    model.graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in weights.items())
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+#: Float activations of :func:`mixed_network` whose values each layer's statistics describe.
+MIXED_ACTIVATIONS = {"conv1": "r1", "conv2": "r2", "conv3": "m3"}
+
+
+def to_float16(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same graph in float16 end to end: float16 weights, input and output."""
+    half = onnx.ModelProto()
+    half.CopyFrom(model)
+    for tensor in half.graph.initializer:
+        value = numpy_helper.to_array(tensor)
+        if value.dtype == np.float32:
+            tensor.CopyFrom(numpy_helper.from_array(value.astype(np.float16), tensor.name))
+    for value in list(half.graph.input) + list(half.graph.output):
+        value.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    onnx.checker.check_model(half, full_check=True)
+    return half
+
+
+def quantised(model: onnx.ModelProto, folder: Path, name: str, **options: Any) -> Path:
+    """``model`` quantised by onnxruntime's ``quantize_static`` (``options``: its keyword arguments),
+    calibrated on 8 probe images; the path of the quantised file."""
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    class ProbeImages(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"image": batch} for batch in np.split(probe_inputs(8), 4)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    source = save(model, folder / f"{name}-float.onnx")
+    target = folder / f"{name}.onnx"
+    quantize_static(str(source), str(target), ProbeImages(), **options)
+    return target
