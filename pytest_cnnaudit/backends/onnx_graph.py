@@ -76,7 +76,7 @@ class OnnxGraph:
         self.producer: dict[str, onnx.NodeProto] = {}
         opsets = {entry.domain or "": entry.version for entry in self.model.opset_import}
         self._folder = ConstantFolder(self._any_producer, self.constants, opsets)
-        view, self.aliases = float_view(list(graph.node), self._folder.is_constant, self.constant)
+        view = float_view(list(graph.node), self._folder.is_constant, self.constant)
         self.constants.update(view.constants)
         self.nodes, self.clamped, self.quantised = view.nodes, view.clamped, view.quantised
         self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
@@ -183,14 +183,6 @@ def reached_activations(graph: OnnxGraph, tensor: str, channel_axis: int = 1) ->
     return found
 
 
-def find_activation(graph: OnnxGraph, tensor: str, channel_axis: int = 1) -> tuple[str, str, int] | None:
-    """Walk from a conv output to its activation: (kind, activation tensor in the float view, channel axis)."""
-    reached = reached_activations(graph, tensor, channel_axis)
-    if len(reached) != 1:
-        return None
-    return reached[0].kind, reached[0].tensor, reached[0].channel_axis
-
-
 def _weight(graph: OnnxGraph, node: onnx.NodeProto) -> np.ndarray | None:
     return graph.constant(node.input[1]) if len(node.input) > 1 else None
 
@@ -218,7 +210,7 @@ def tensor_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     return shapes
 
 
-def _definition(graph: OnnxGraph, found: Found, measured: str) -> str | None:
+def _definition(found: Found, measured: str) -> str | None:
     """What sparsity and dead filters count for this layer, in words (None: nothing, not a rectifier)."""
     if found.kind not in RECTIFIERS:
         return None
@@ -254,7 +246,7 @@ def _conv_layer(
         return LayerInfo(layer_id, node.op_type, None, channels, None, reason=reason), 1
     found = reached[0]
     measured = graph.measured_tensor(found.tensor)
-    info = LayerInfo(layer_id, node.op_type, found.kind, channels, measured, _definition(graph, found, measured))
+    info = LayerInfo(layer_id, node.op_type, found.kind, channels, measured, _definition(found, measured))
     return info, found.channel_axis
 
 

@@ -58,7 +58,6 @@ QLINEAR_OPS = {
 }
 #: Conv-like ops of quantised graphs, with the input index of their (integer) weights.
 QUANTISED_CONV_WEIGHT = {"QLinearConv": 3, "ConvInteger": 1}
-QUANTISED_CONV_ZERO_POINT = {"QLinearConv": 5, "ConvInteger": 3}
 
 
 def clamps_at_zero(zero_point: np.ndarray | None, output_dtype: int | None = None) -> bool:
@@ -107,7 +106,9 @@ class _ViewBuilder:
             self._qlinear(node, QLINEAR_OPS[op])
         elif op == "ConvInteger":
             self._conv_integer(node)
-        else:
+        elif all(self.root(i) == i for i in node.input):
+            self.view.nodes.append(node)
+        else:  # a copy reading the tensors the dropped quantisation read
             copy = onnx.NodeProto()
             copy.CopyFrom(node)
             copy.input[:] = [self.root(i) for i in node.input]
@@ -118,15 +119,15 @@ class _ViewBuilder:
 
     def _qlinear(self, node: onnx.NodeProto, spec: QLinearOp) -> None:
         inputs = [self.root(node.input[i]) for i in spec.data]
-        if node.op_type == "QLinearConv":
-            inputs.append(self._dequantized_weight(node, scale=node.input[4]))
+        if node.op_type == "QLinearConv":  # weight, its scale and zero point at 3, 4, 5
+            inputs.append(self._dequantized_weight(node, scale=node.input[4], zero_point=node.input[5]))
         float_node = onnx.helper.make_node(spec.float_op, inputs, [node.output[0]], _float_name(node))
         float_node.attribute.extend(a for a in node.attribute if a.name != "domain")
         self.view.nodes.append(float_node)
         self.view.quantised.add(node.output[0])
-        scale_at, zero_point_at = spec.output_quantisation
+        _, zero_point_at = spec.output_quantisation
         zero_point = self.constant(node.input[zero_point_at]) if len(node.input) > zero_point_at else None
-        if zero_point is not None and clamps_at_zero(zero_point) and node.input[scale_at]:
+        if zero_point is not None and clamps_at_zero(zero_point):
             self.view.clamped.add(node.output[0])
 
     def _conv_integer(self, node: onnx.NodeProto) -> None:
@@ -146,8 +147,6 @@ class _ViewBuilder:
 
     def _dequantized_weight(self, node: onnx.NodeProto, scale: str | None, zero_point: str | None = None) -> str:
         weight = node.input[QUANTISED_CONV_WEIGHT[node.op_type]]
-        if node.op_type == "QLinearConv":
-            zero_point = node.input[QUANTISED_CONV_ZERO_POINT["QLinearConv"]]
         output = f"{weight}{DEQUANTIZED_SUFFIX}"
         if scale is None:
             self.view.nodes.append(onnx.helper.make_node("Cast", [weight], [output], to=onnx.TensorProto.FLOAT))
@@ -165,12 +164,12 @@ def _float_name(node: onnx.NodeProto) -> str:
 
 def float_view(
     nodes: list[onnx.NodeProto], is_constant: Callable[[str], bool], constant: Callable[[str], np.ndarray | None]
-) -> tuple[FloatView, dict[str, str]]:
-    """The float view of ``nodes`` (in graph order) and the aliases it resolved (dropped tensor -> source)."""
+) -> FloatView:
+    """The float view of ``nodes`` (in graph order)."""
     builder = _ViewBuilder(is_constant, constant)
     for node in nodes:
         builder.add(node)
-    return builder.view, builder.alias
+    return builder.view
 
 
 def dequantizing_node(producer: onnx.NodeProto, tensor: str) -> onnx.NodeProto:
