@@ -16,7 +16,7 @@ import numpy as np
 
 from ..config import InputSpec
 
-#: Rectifiers: activations whose output is <= 0 exactly where their input is <= 0 (ReLU, ReLU6 and
+#: Rectifiers: activations whose output is <= 0 exactly where the unit is inactive (ReLU, ReLU6 and
 #: Clip from 0, HardSwish, SiLU, GELU, Mish, ELU/SELU/CELU, LeakyReLU and PReLU with non-negative
 #: slopes, ThresholdedReLU from a non-negative threshold). For all of them one definition holds:
 #: a unit is inactive where its output is <= ``probe.zero_eps`` (0 by default), and a channel is
@@ -38,7 +38,7 @@ RECTIFIERS = frozenset(
         "thresholded_relu",
     }
 )
-#: The activations sparsity and dead filters are measured for (the checks' name for them).
+#: The name the checks import the rectifiers by.
 ZERO_PRODUCING = RECTIFIERS
 #: Activations that saturate and have no inactive region: no output value means "off".
 SATURATING = frozenset({"sigmoid", "hard_sigmoid", "tanh", "softmax", "softplus"})

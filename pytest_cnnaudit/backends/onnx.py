@@ -89,7 +89,7 @@ def _refuse_non_image(shape: tuple[int | None, ...] | None, path: Path) -> None:
     if shape is not None and len(shape) in NON_IMAGE_INPUTS:
         raise ModelError(
             f"{path}: the input has shape {['?' if d is None else d for d in shape]}, {NON_IMAGE_INPUTS[len(shape)]}; "
-            "cnnaudit's probes are images (N, C, H, W), and probes of signals or clips are not supported yet"
+            "cnnaudit's probes are images, expected 4 dimensions (N, C, H, W); probes of signals or clips are not supported yet"
         )
 
 
