@@ -30,6 +30,7 @@ SCALARS = {
     "cubic": np.float32(0.044715),
     "sqrt_2_pi": np.float32(np.sqrt(2 / np.pi)),
     "slope": np.full((8, 1, 1), 0.25, np.float32),
+    "beta": np.float32(1.0),
 }
 
 #: id -> (body reading ``c`` and writing ``out``, opset, activation kind the backend must report)
@@ -42,6 +43,7 @@ RECTIFIER_FORMS = {
     ),
     "hardswish-op": ("out = HardSwish (c)", 17, "hardswish"),
     "silu-x*sigmoid": ("g = Sigmoid (c)\nout = Mul (c, g)", 17, "silu"),
+    "swish-x*sigmoid(beta*x) (paddle2onnx)": ("b = Mul (c, beta)\ng = Sigmoid (b)\nout = Mul (c, g)", 17, "silu"),
     "gelu-op": ("out = Gelu (c)", 20, "gelu"),
     "gelu-op-tanh": ('out = Gelu <approximate = "tanh"> (c)', 20, "gelu"),
     "gelu-erf-div": (

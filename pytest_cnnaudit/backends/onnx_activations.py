@@ -2,7 +2,7 @@
 
 Exported forms recognised as a whole (the measured tensor is the last op's output):
 
-- SiLU: ``x * Sigmoid(x)``;
+- SiLU: ``x * Sigmoid(x)``, and Swish ``x * Sigmoid(beta * x)`` with a constant beta > 0;
 - HardSwish: ``x * HardSigmoid(x)``, ``x * Clip(x + 3, 0, 6) / 6`` in its operand orders;
   the Clip inside is not a ReLU6;
 - GELU: the ``Gelu`` op (opset 20); ``x * 0.5 * (1 + Erf(x / sqrt(2)))`` with ``Div`` by
@@ -111,8 +111,18 @@ def _product_with(graph: OnnxGraph, gate: str, tensor: str) -> str | None:
     return None
 
 
+def _swish_gates(graph: OnnxGraph, tensor: str) -> list[onnx.NodeProto]:
+    """Sigmoids of ``beta * tensor`` for a constant beta > 0 (Swish; paddle2onnx writes SiLU so, beta 1)."""
+    gates = []
+    for scaled in _consumers(graph, tensor, "Mul"):
+        beta = graph.scalar(other_input(scaled, tensor))
+        if beta is not None and beta > 0:
+            gates.extend(_consumers(graph, scaled.output[0], "Sigmoid"))
+    return gates
+
+
 def _silu_or_hardswish(graph: OnnxGraph, tensor: str) -> Activation | None:
-    for gate in graph.consumers.get(tensor, []):
+    for gate in graph.consumers.get(tensor, []) + _swish_gates(graph, tensor):
         if gate.op_type in ("Sigmoid", "HardSigmoid"):
             product = _product_with(graph, gate.output[0], tensor)
             if product is not None:
