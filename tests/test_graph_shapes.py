@@ -367,6 +367,11 @@ NORMALISATIONS = {
         "n = Sub (image, mean)\nd = Div (n, std)\nx = Transpose <perm = [0, 3, 1, 2]> (d)",
         {"mean": MEAN, "std": STD},
     ),
+    "bgr slice step -1": (
+        "float[N, 3, 16, 16] image",
+        "x = Slice (image, first, last, channel_axis, back)",
+        {"first": np.array([2]), "last": np.array([-(2**62)]), "channel_axis": np.array([1]), "back": np.array([-1])},
+    ),
     "bgr gather": ("float[N, 3, 16, 16] image", "x = Gather <axis = 1> (image, order)", {"order": np.array([2, 1, 0])}),
 }
 

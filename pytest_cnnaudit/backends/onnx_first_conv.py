@@ -119,12 +119,12 @@ class _Tracer:
         if source is None:
             return None
         if len(node.input) > 1:
-            parts = [self.graph.constant(name) if len(node.input) > i else None for i, name in enumerate(node.input)]
+            parts = [self.graph.constant(name) for name in node.input] + [None, None]
             starts, ends = parts[1], parts[2]
-            axes = parts[3] if len(parts) > 3 and parts[3] is not None else np.arange(len(starts or ()))
-            steps = parts[4] if len(parts) > 4 and parts[4] is not None else np.ones(len(starts or ()), np.int64)
             if starts is None or ends is None:
                 return None
+            axes = parts[3] if parts[3] is not None else np.arange(starts.size)
+            steps = parts[4] if parts[4] is not None else np.ones(starts.size, np.int64)
         else:  # opset < 10: attributes, step 1
             starts, ends = attribute(node, "starts"), attribute(node, "ends")
             axes = attribute(node, "axes", list(range(len(starts))))  # type: ignore[arg-type]
@@ -160,7 +160,7 @@ class _Tracer:
         axis = int(attribute(node, "axis", 1)) % 4  # type: ignore[arg-type]
         if first.axes[axis] != self.channel_axis or any(p.axes != first.axes for p in parts):  # type: ignore[union-attr]
             return None
-        # Focus: parts sliced at (0, 0) keep block 1 only if none was sliced; mixing is not a space-to-depth.
+        # One block size for all parts: space-to-depth parts concatenated with plain ones are no one conv on the image.
         blocks = {p.block for p in parts}  # type: ignore[union-attr]
         if len(blocks) != 1:
             return None
