@@ -159,7 +159,7 @@ def test_rates_read_as_numbers_in_exponent_notation() -> None:
 def test_plan_is_empty_unless_enabled_and_skips_layers_without_an_inactive_region() -> None:
     layers = (
         LayerInfo("conv1", "Conv", "relu", 8, "r1"),
-        LayerInfo("conv2", "Conv", "silu", 8, "s2"),
+        LayerInfo("conv2", "Conv", "sigmoid", 8, "s2"),  # saturating: no inactive region to count
         LayerInfo("proj", "Conv", None, 8, None),
         LayerInfo("gate", "Conv", "sigmoid", 8, "g"),
         LayerInfo("conv3", "Conv", "relu6", 8, "r3"),

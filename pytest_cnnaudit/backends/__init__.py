@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelSpec
+from ..config.model import ModelSpec
 from ..errors import ModelError
 from .base import Backend, FirstConv, LayerInfo
 

@@ -14,15 +14,32 @@ from typing import Protocol
 
 import numpy as np
 
-from ..config import InputSpec
+from ..config.model import InputSpec
 
-#: Rectifiers: activations whose output is <= 0 exactly where their input is <= 0, so that
-#: "output <= 0" is the inactive region for all of them (for ReLU: output == 0). Sparsity and
-#: dead filters are measured on them with that one definition. Saturating activations
-#: (sigmoid, tanh, hard_sigmoid, softplus, softmax) switch off nowhere and are not measured.
+#: Rectifiers: activations whose output is <= 0 exactly where the unit is inactive (ReLU, ReLU6 and
+#: Clip from 0, HardSwish, SiLU, GELU, Mish, ELU/SELU/CELU, LeakyReLU and PReLU with non-negative
+#: slopes, ThresholdedReLU from a non-negative threshold). For all of them one definition holds:
+#: a unit is inactive where its output is <= ``probe.zero_eps`` (0 by default), and a channel is
+#: dead when its output never exceeds it. For ReLU that is the exact-zero count.
 RECTIFIERS = frozenset(
-    {"relu", "relu6", "clip", "hardswish", "silu", "gelu", "mish", "elu", "selu", "celu", "leaky_relu", "prelu"}
+    {
+        "relu",
+        "relu6",
+        "clip",
+        "hardswish",
+        "silu",
+        "gelu",
+        "mish",
+        "elu",
+        "selu",
+        "celu",
+        "leaky_relu",
+        "prelu",
+        "thresholded_relu",
+    }
 )
+#: Activations that saturate and have no inactive region: no output value means "off".
+SATURATING = frozenset({"sigmoid", "hard_sigmoid", "tanh", "softmax", "softplus"})
 
 #: Called with (tensor key, activation batch, channel axis) during a forward pass.
 ActivationSink = Callable[[str, np.ndarray, int], None]
@@ -37,6 +54,8 @@ class LayerInfo:
     activation: str | None  # "relu", "relu6", "hardswish", "silu", ...; None: no activation follows
     channels: int
     tensor: str | None  # backend key of the measured activation tensor; shared by layers feeding one Add
+    definition: str | None = None  # what counts as inactive, e.g. "output <= zero_eps"; None: not a rectifier
+    reason: str | None = None  # why a conv is not measured when the activation alone does not say it
 
 
 @dataclass(frozen=True)
@@ -44,7 +63,10 @@ class FirstConv:
     """The first conv layer the image input reaches, with weights on the model's input channels."""
 
     layer_id: str
-    weight: np.ndarray  # (out, in, kh, kw), input channels in the model's own order
+    #: (out, in, kh, kw): weights on the model's *external* input channels, in the model's own order.
+    #: In-graph input normalisation is folded in (its scale; a mean only shifts the bias), and a
+    #: space-to-depth first layer is unfolded (12 channels = 4 x RGB become 3 channels, 2x the kernel).
+    weight: np.ndarray
 
 
 class Backend(Protocol):

@@ -1,13 +1,20 @@
 """Find conv layers and their activations in an ONNX graph (pure graph walking, no runtime).
 
-Exporters are messy, so the walk from a Conv's output goes through channel-
-preserving ops (BatchNormalization, a residual Add, Mul/Div by constants,
-Identity, Transpose that keeps track of the channel axis) until it meets an
-activation. Decomposed activations are recognised as a whole: SiLU as
-``x * Sigmoid(x)``, HardSwish as ``x * Clip(x + 3, 0, 6) / 6`` or
-``x * HardSigmoid(x)``; the Clip inside a HardSwish is not a ReLU6.
-Weights may be initializers, ``Constant`` nodes, or initializers that are also
-listed as graph inputs (old IR versions).
+Exporters are messy, so the walk from a Conv's output goes through channel-preserving
+ops (BatchNormalization, a residual Add, Mul/Div, Identity, Cast, Transpose that keeps
+track of the channel axis) until it meets an activation (:mod:`.onnx_activations`
+recognises them, decomposed ones included). Quantised graphs are walked in their float
+view (:mod:`.onnx_quantised`). Weights may be initializers, ``Constant`` nodes,
+initializers that are also listed as graph inputs (old IR versions), or any subgraph over
+constants (:mod:`.onnx_constants`).
+
+Residual branches: a tensor may have several consumers (a residual ``Add``'s output feeds
+the next block's conv and the block's own ``Mul -> Add -> Relu``). At each tensor, an
+activation applied to that tensor itself ends the walk (it is the nearest); otherwise the
+walk follows every channel-preserving consumer, and a path ends at its first activation or
+where it meets any other op (a conv, an average pooling, a reshape). The conv's activation
+is the one activation those paths reach; when they reach several different ones, the layer
+is not measured and its ``reason`` names them.
 """
 
 from __future__ import annotations
@@ -19,26 +26,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .base import LayerInfo
+from .base import RECTIFIERS, LayerInfo
+from .onnx_activations import decomposed_activation, direct_activation, negative_slope_prelu
+from .onnx_constants import ConstantFolder
+from .onnx_nodes import attribute, constant_node_value, has_subgraph, subgraphs
+from .onnx_quantised import DEQUANTIZED_SUFFIX, QUANTISED_CONV_WEIGHT, dequantizing_node, float_view
 
 CONV_OPS = ("Conv", "ConvTranspose")
-#: ONNX op -> activation kind, for ops that are an activation on their own.
-ACTIVATION_OPS = {
-    "Relu": "relu",
-    "LeakyRelu": "leaky_relu",
-    "PRelu": "prelu",
-    "HardSwish": "hardswish",
-    "Sigmoid": "sigmoid",
-    "HardSigmoid": "hard_sigmoid",
-    "Elu": "elu",
-    "Selu": "selu",
-    "Celu": "celu",
-    "Gelu": "gelu",
-    "Tanh": "tanh",
-    "Softplus": "softplus",
-    "Mish": "mish",
-    "ThresholdedRelu": "thresholded_relu",
-}
 #: Ops that keep one value per channel in place (the channel axis moves only through Transpose).
 CHANNEL_PRESERVING = frozenset(
     {
@@ -50,31 +44,51 @@ CHANNEL_PRESERVING = frozenset(
         "Div",
         "Identity",
         "Dropout",
+        "Cast",  # ConvInteger's int32 output is cast to float before its scale and bias
         "Transpose",
         "MaxPool",  # max-pooling commutes with a ReLU after it: the same units are dead either way
     }
 )
+#: A bound against pathological graphs: tensors visited by one walk (real chains are a few ops long).
+WALK_LIMIT = 64
 
 
 @dataclass
 class OnnxGraph:
-    """Indexes over one graph: producers, consumers and constant values."""
+    """Indexes over one graph's float view (producers, consumers), its constants and its quantisation."""
 
     model: onnx.ModelProto
 
     def __post_init__(self) -> None:
         graph = self.model.graph
-        self.producer: dict[str, onnx.NodeProto] = {}
-        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         self.constants: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        self.graph_producer: dict[str, onnx.NodeProto] = {}
+        self.graph_consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
         for node in graph.node:
+            for name in node.output:
+                self.graph_producer[name] = node
+            for name in node.input:
+                if name:
+                    self.graph_consumers[name].append(node)
+            value = constant_node_value(node) if node.op_type == "Constant" else None
+            if value is not None:
+                self.constants[node.output[0]] = value
+        self.producer: dict[str, onnx.NodeProto] = {}
+        opsets = {entry.domain or "": entry.version for entry in self.model.opset_import}
+        self._folder = ConstantFolder(self._any_producer, self.constants, opsets)
+        view = float_view(list(graph.node), self._folder.is_constant, self.constant)
+        self.constants.update(view.constants)
+        self.nodes, self.clamped, self.quantised = view.nodes, view.clamped, view.quantised
+        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        for node in self.nodes:
             for name in node.output:
                 self.producer[name] = node
             for name in node.input:
                 if name:
                     self.consumers[name].append(node)
-            if node.op_type == "Constant" and node.attribute:
-                self.constants[node.output[0]] = _constant_value(node)
+
+    def _any_producer(self, name: str) -> onnx.NodeProto | None:
+        return self.producer.get(name) or self.graph_producer.get(name)
 
     @property
     def image_inputs(self) -> list[onnx.ValueInfoProto]:
@@ -82,132 +96,105 @@ class OnnxGraph:
         return [i for i in self.model.graph.input if i.name not in self.constants]
 
     def constant(self, name: str) -> np.ndarray | None:
-        """The value of ``name`` if it is a constant, looking through Identity/Cast nodes."""
-        while name not in self.constants:
-            node = self.producer.get(name)
-            if node is None or node.op_type not in ("Identity", "Cast") or not node.input:
-                return None
-            name = node.input[0]
-        return self.constants[name]
+        """The value of ``name`` if it is computed from constants only (folded once, then cached)."""
+        return self._folder.value(name) if name else None
 
     def scalar(self, name: str) -> float | None:
         value = self.constant(name) if name else None
         return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
 
+    def measured_tensor(self, tensor: str) -> str:
+        """The graph tensor holding ``tensor``'s value as the next layer receives it.
 
-def _constant_value(node: onnx.NodeProto) -> np.ndarray:
-    attribute = node.attribute[0]
-    if attribute.name == "value":
-        return numpy_helper.to_array(attribute.t)
-    if attribute.name in ("value_float", "value_int"):
-        return np.array(onnx.helper.get_attribute_value(attribute))
-    if attribute.name in ("value_floats", "value_ints"):
-        return np.array(list(onnx.helper.get_attribute_value(attribute)))
-    return np.array([])
+        An activation quantised after it (QDQ) is read after its ``DequantizeLinear``; an integer
+        tensor without one (QOperator) through a ``DequantizeLinear`` the measuring copy adds.
+        """
+        for quantize in self.graph_consumers.get(tensor, []):
+            if quantize.op_type == "QuantizeLinear":
+                return self._dequantized(quantize.output[0])
+        return self._dequantized(tensor) if tensor in self.quantised else tensor
 
-
-def _attribute(node: onnx.NodeProto, name: str, default: object = None) -> object:
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return onnx.helper.get_attribute_value(attribute)
-    return default
-
-
-def _clip_bounds(graph: OnnxGraph, node: onnx.NodeProto) -> tuple[float | None, float | None]:
-    """Clip's min/max: inputs since opset 11, attributes before."""
-    if len(node.input) > 1 or _attribute(node, "min") is None:
-        low = graph.scalar(node.input[1]) if len(node.input) > 1 else None
-        high = graph.scalar(node.input[2]) if len(node.input) > 2 else None
-        return low, high
-    return _attribute(node, "min"), _attribute(node, "max")  # type: ignore[return-value]
+    def _dequantized(self, integer: str) -> str:
+        for node in self.graph_consumers.get(integer, []):
+            if node.op_type == "DequantizeLinear":
+                return node.output[0]
+        return integer + DEQUANTIZED_SUFFIX
 
 
-def _only(nodes: list[onnx.NodeProto], op_type: str) -> list[onnx.NodeProto]:
-    return [n for n in nodes if n.op_type == op_type]
+def measuring_nodes(graph: OnnxGraph, tensors: list[str]) -> list[onnx.NodeProto]:
+    """The ``DequantizeLinear`` nodes the measuring copy of the graph needs to expose ``tensors``."""
+    nodes = []
+    for tensor in tensors:
+        if tensor in graph.graph_producer or not tensor.endswith(DEQUANTIZED_SUFFIX):
+            continue
+        integer = tensor[: -len(DEQUANTIZED_SUFFIX)]
+        nodes.append(dequantizing_node(graph.graph_producer[integer], integer))
+    return nodes
 
 
-def _other_input(node: onnx.NodeProto, name: str) -> str:
-    return node.input[1] if node.input[0] == name else node.input[0]
+@dataclass(frozen=True)
+class Found:
+    """An activation a conv's output reaches, and the channel axis of its output."""
+
+    kind: str
+    tensor: str  # in the float view
+    channel_axis: int
+    folded: bool = False  # a ReLU folded into an output quantisation
+    pre_activation: bool = False  # measured before the activation (a PReLU with negative slopes)
 
 
-def _decomposed_activation(graph: OnnxGraph, tensor: str) -> tuple[str, str] | None:
-    """SiLU / HardSwish written as primitive ops on ``tensor``: (kind, output tensor)."""
-    consumers = graph.consumers.get(tensor, [])
-    for gate in consumers:
-        if gate.op_type in ("Sigmoid", "HardSigmoid"):
-            for mul in _only(graph.consumers.get(gate.output[0], []), "Mul"):
-                if tensor in mul.input:
-                    return ("silu" if gate.op_type == "Sigmoid" else "hardswish"), mul.output[0]
-        if gate.op_type == "Add" and graph.scalar(_other_input(gate, tensor)) == 3.0:
-            for clip in graph.consumers.get(gate.output[0], []):
-                bounds = _clip_bounds(graph, clip) if clip.op_type == "Clip" else None
-                if bounds != (0.0, 6.0):
+def _at(graph: OnnxGraph, tensor: str, channel_axis: int) -> Found | None:
+    """The activation applied to ``tensor`` itself, if any."""
+    decomposed = decomposed_activation(graph, tensor)
+    if decomposed is not None:
+        return Found(decomposed.kind, decomposed.output, channel_axis)
+    for node in graph.consumers.get(tensor, []):
+        kind = direct_activation(graph, node)
+        if kind is not None and negative_slope_prelu(graph, node):
+            return Found(kind, tensor, channel_axis, pre_activation=True)
+        if kind is not None:
+            return Found(kind, node.output[0], channel_axis)
+    if tensor in graph.clamped:
+        return Found("relu", tensor, channel_axis, folded=True)
+    return None
+
+
+def reached_activations(graph: OnnxGraph, tensor: str, channel_axis: int = 1) -> list[Found]:
+    """Every distinct activation reached from ``tensor`` along channel-preserving ops (module docstring)."""
+    found: list[Found] = []
+    stack, visited = [(tensor, channel_axis)], set()
+    while stack and len(visited) < WALK_LIMIT:
+        current, axis = stack.pop()
+        if current in visited:
+            continue
+        visited.add(current)
+        activation = _at(graph, current, axis)
+        if activation is not None:
+            if activation not in found:
+                found.append(activation)
+            continue
+        for node in reversed(graph.consumers.get(current, [])):
+            if node.op_type not in CHANNEL_PRESERVING:
+                continue
+            next_axis = axis
+            if node.op_type == "Transpose":
+                perm = list(attribute(node, "perm", []))  # type: ignore[arg-type]
+                if axis not in perm:
                     continue
-                for mul in _only(graph.consumers.get(clip.output[0], []), "Mul"):
-                    if tensor in mul.input:
-                        return "hardswish", _after_scaling(graph, mul.output[0])
-    for mul in _only(consumers, "Mul"):
-        # x * (Clip(x + 3, 0, 6) / 6): the gate is divided before the product.
-        gate = graph.producer.get(_other_input(mul, tensor))
-        if gate is not None and gate.op_type in ("Div", "Mul"):
-            clip = graph.producer.get(gate.input[0])
-            if clip is not None and clip.op_type == "Clip" and _clip_bounds(graph, clip) == (0.0, 6.0):
-                return "hardswish", mul.output[0]
-    return None
+                next_axis = perm.index(axis)
+            stack.append((node.output[0], next_axis))
+    return found
 
 
-def _after_scaling(graph: OnnxGraph, tensor: str) -> str:
-    """Step over the trailing ``/ 6`` (or ``* 1/6``) of a decomposed HardSwish."""
-    consumers = graph.consumers.get(tensor, [])
-    single = consumers[0] if len(consumers) == 1 else None
-    if (
-        single is not None
-        and single.op_type in ("Div", "Mul")
-        and graph.scalar(_other_input(single, tensor)) is not None
-    ):
-        return single.output[0]
-    return tensor
-
-
-def _direct_activation(graph: OnnxGraph, node: onnx.NodeProto) -> str | None:
-    if node.op_type in ACTIVATION_OPS:
-        return ACTIVATION_OPS[node.op_type]
-    if node.op_type == "Clip":
-        low, high = _clip_bounds(graph, node)
-        if low == 0.0:
-            return "relu6" if high == 6.0 else "clip"
-    return None
-
-
-def find_activation(graph: OnnxGraph, tensor: str, channel_axis: int = 1) -> tuple[str, str, int] | None:
-    """Walk from a conv output to its activation: (kind, activation tensor, channel axis)."""
-    for _ in range(32):  # a bound against pathological graphs; real chains are a few ops long
-        decomposed = _decomposed_activation(graph, tensor)
-        if decomposed is not None:
-            return decomposed[0], decomposed[1], channel_axis
-        consumers = graph.consumers.get(tensor, [])
-        activations = [(n, _direct_activation(graph, n)) for n in consumers]
-        activations = [(n, kind) for n, kind in activations if kind is not None]
-        if activations:
-            node, kind = activations[0]
-            return kind, node.output[0], channel_axis
-        if len(consumers) != 1 or consumers[0].op_type not in CHANNEL_PRESERVING:
-            return None
-        node = consumers[0]
-        if node.op_type == "Transpose":
-            perm = list(_attribute(node, "perm", []))  # type: ignore[arg-type]
-            if channel_axis not in perm:
-                return None
-            channel_axis = perm.index(channel_axis)
-        tensor = node.output[0]
-    return None
+def _weight(graph: OnnxGraph, node: onnx.NodeProto) -> np.ndarray | None:
+    return graph.constant(node.input[1]) if len(node.input) > 1 else None
 
 
 def _conv_channels(graph: OnnxGraph, node: onnx.NodeProto, shapes: dict[str, list[int | None]]) -> int | None:
-    weight = graph.constant(node.input[1])
+    weight = _weight(graph, node)
     if weight is not None and weight.ndim >= 3:
         if node.op_type == "ConvTranspose":
-            return int(weight.shape[1]) * int(_attribute(node, "group", 1))  # type: ignore[arg-type]
+            return int(weight.shape[1]) * int(attribute(node, "group", 1))  # type: ignore[arg-type]
         return int(weight.shape[0])
     shape = shapes.get(node.output[0])
     return shape[1] if shape and len(shape) > 1 else None
@@ -226,26 +213,85 @@ def tensor_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     return shapes
 
 
-def conv_layers(graph: OnnxGraph) -> tuple[tuple[LayerInfo, ...], dict[str, int]]:
-    """Every Conv/ConvTranspose with its activation, and each measured tensor's channel axis."""
-    shapes = tensor_shapes(graph.model)
-    layers: list[LayerInfo] = []
-    axes: dict[str, int] = {}
-    seen: set[str] = set()
-    for node in graph.model.graph.node:
-        if node.op_type not in CONV_OPS:
-            continue
+def _definition(found: Found, measured: str) -> str | None:
+    """What sparsity and dead filters count for this layer, in words (None: nothing, not a rectifier)."""
+    if found.kind not in RECTIFIERS:
+        return None
+    if found.pre_activation:
+        return "pre-activation <= zero_eps (a PReLU with negative slopes: its output is > 0 on both sides)"
+    value = "output" if measured == found.tensor else "dequantised output"
+    folded = " (a ReLU folded into its output quantisation: zero point at the integer minimum)"
+    return f"{value} <= zero_eps{folded if found.folded else ''}"
+
+
+class _LayerIds:
+    """Node names as layer ids; an unnamed node is called by its output, a repeated name gets it appended."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def __call__(self, node: onnx.NodeProto) -> str:
         layer_id = node.name or node.output[0]
-        if layer_id in seen:
+        if layer_id in self.seen:
             layer_id = f"{layer_id}:{node.output[0]}"
-        seen.add(layer_id)
-        found = find_activation(graph, node.output[0])
-        kind, tensor, axis = found if found is not None else (None, None, 1)
-        if tensor is not None:
-            axes[tensor] = axis
-        channels = _conv_channels(graph, node, shapes) or 0
-        layers.append(LayerInfo(id=layer_id, op=node.op_type, activation=kind, channels=channels, tensor=tensor))
-    return tuple(layers), axes
+        self.seen.add(layer_id)
+        return layer_id
+
+
+def _conv_layer(
+    graph: OnnxGraph, node: onnx.NodeProto, shapes: dict[str, list[int | None]], layer_id: str
+) -> tuple[LayerInfo, int]:
+    reached = reached_activations(graph, node.output[0])
+    channels = _conv_channels(graph, node, shapes) or 0
+    if len(reached) != 1:
+        reason = None
+        if reached:
+            kinds = ", ".join(f"{found.kind} ({found.tensor})" for found in reached)
+            reason = f"its output reaches {len(reached)} different activations ({kinds}): none is measured"
+        return LayerInfo(layer_id, node.op_type, None, channels, None, reason=reason), 1
+    found = reached[0]
+    measured = graph.measured_tensor(found.tensor)
+    info = LayerInfo(layer_id, node.op_type, found.kind, channels, measured, _definition(found, measured))
+    return info, found.channel_axis
+
+
+def _control_flow_convs(graph: OnnxGraph, node: onnx.NodeProto, ids: _LayerIds) -> list[LayerInfo]:
+    """Convs inside an If/Loop/Scan (nested ones too): listed, not measured."""
+    layers = []
+    for name, body in subgraphs(node):
+        where = f"inside the {name} of {node.op_type} {node.name or node.output[0]!r}"
+        stored = {t.name: numpy_helper.to_array(t) for t in body.initializer}
+        for inner in body.node:
+            if inner.op_type in (*CONV_OPS, *QUANTISED_CONV_WEIGHT):
+                weight_name = inner.input[QUANTISED_CONV_WEIGHT.get(inner.op_type, 1)]
+                weight = stored.get(weight_name, graph.constant(weight_name))
+                channels = int(weight.shape[0]) if weight is not None and weight.ndim >= 3 else 0
+                reason = f"{where}: convs in control-flow bodies are not measured"
+                layers.append(LayerInfo(ids(inner), inner.op_type, None, channels, None, reason=reason))
+            elif has_subgraph(inner):
+                layers.extend(_control_flow_convs(graph, inner, ids))
+    return layers
+
+
+def conv_layers(graph: OnnxGraph) -> tuple[tuple[LayerInfo, ...], dict[str, int]]:
+    """Every conv layer with its activation, and each measured tensor's channel axis.
+
+    Convs inside control-flow bodies come last, listed with the reason they are not measured.
+    """
+    shapes = tensor_shapes(graph.model)
+    ids = _LayerIds()
+    layers: list[LayerInfo] = []
+    unmeasured: list[LayerInfo] = []
+    axes: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op_type in CONV_OPS:
+            info, axis = _conv_layer(graph, node, shapes, ids(node))
+            layers.append(info)
+            if info.tensor is not None:
+                axes[info.tensor] = axis
+        elif has_subgraph(node):
+            unmeasured.extend(_control_flow_convs(graph, node, ids))
+    return tuple(layers + unmeasured), axes
 
 
 def batch_norm_scale(graph: OnnxGraph, conv: onnx.NodeProto) -> np.ndarray | None:
@@ -261,7 +307,7 @@ def batch_norm_scale(graph: OnnxGraph, conv: onnx.NodeProto) -> np.ndarray | Non
     gamma, variance = graph.constant(norm.input[1]), graph.constant(norm.input[4])
     if gamma is None or variance is None:
         return None
-    epsilon = float(_attribute(norm, "epsilon", 1e-5))  # type: ignore[arg-type]
+    epsilon = float(attribute(norm, "epsilon", 1e-5))  # type: ignore[arg-type]
     return (gamma / np.sqrt(variance + epsilon)).astype(np.float64)
 
 

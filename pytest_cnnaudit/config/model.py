@@ -77,7 +77,10 @@ class ProbeConfig:
     zero_eps: float = field(
         default=0.0,
         metadata=_doc(
-            "an activation counts as zero when |a| <= zero_eps; 0 counts exactly the inactive ReLU units", 0.0, None
+            "a rectifier's output counts as inactive when <= zero_eps; 0 counts exactly the units that are off "
+            "(for ReLU: the zeros)",
+            0.0,
+            None,
         ),
     )
 

@@ -76,6 +76,7 @@ def _layer_documents(plan: ModelPlan, stats: dict[str, ChannelStats]) -> tuple[L
                 channel_max=tuple(measured.max.tolist()) if measured is not None else None,
                 channel_mean=tuple(measured.mean.tolist()) if measured is not None else None,
                 unmeasured=unmeasurable_reason(info) if measured is None else None,
+                definition=info.definition,
             )
         )
     return tuple(layers)

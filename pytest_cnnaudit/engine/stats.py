@@ -132,7 +132,9 @@ class ChannelAccumulator:
             # One image at a time: the temporaries (a mask, a float64 copy) are one image's maps, not
             # the batch's, and stay in cache; measured 2x faster than whole-batch reductions on resnet50.
             image = values[i]
-            # One definition for every rectifier: a value is inactive when <= eps (for ReLU with eps 0: == 0).
+            # Active: a > eps. A rectifier's output is <= 0 exactly where its input is, so this one
+            # definition serves ReLU (where it counts exact zeros) to GELU. Compared in the
+            # activation's own precision (float16 activations against eps rounded to float16).
             # Bytes summed into int32, not count_nonzero: along an axis that casts every bool to intp (1.5x slower).
             active[i] = np.add.reduce((image > self.eps).view(np.uint8), axis=1, dtype=np.int32)
             # Sums in float64: float32 squares lose a large-offset channel's variance entirely.
