@@ -12,7 +12,7 @@ from modelbuilders import conv_initializers, onnx_model, save_onnx
 from onnx_text_models import PLANTED, inactive_reference, measured, planted_conv, probe_inputs, run_exposing
 
 from pytest_cnnaudit.backends.onnx import OnnxBackend
-from pytest_cnnaudit.backends.onnx_graph import OnnxGraph, conv_layers
+from pytest_cnnaudit.backends.onnx.graph import OnnxGraph, conv_layers
 from pytest_cnnaudit.config import InputSpec, ModelSpec, parse_config
 from pytest_cnnaudit.engine.audit import audit_model
 from pytest_cnnaudit.errors import ModelError

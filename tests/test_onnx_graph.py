@@ -19,7 +19,7 @@ import torchvision
 from modelbuilders import conv_bias, conv_initializers, conv_weight, export_onnx, onnx_model, save_onnx
 
 from pytest_cnnaudit.backends.onnx import OnnxBackend
-from pytest_cnnaudit.backends.onnx_graph import OnnxGraph, conv_layers
+from pytest_cnnaudit.backends.onnx.graph import OnnxGraph, conv_layers
 from pytest_cnnaudit.config import InputSpec, ModelSpec, parse_config
 from pytest_cnnaudit.document import ModelDocument, Verdict
 from pytest_cnnaudit.engine.audit import audit_model, measure_model

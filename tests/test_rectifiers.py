@@ -16,7 +16,7 @@ from modelbuilders import save_onnx
 from onnx_text_models import PLANTED, conv_then, inactive_reference, measured, probe_inputs, run_exposing
 
 from pytest_cnnaudit.backends.base import RECTIFIERS, SATURATING
-from pytest_cnnaudit.backends.onnx_graph import OnnxGraph, conv_layers
+from pytest_cnnaudit.backends.onnx.graph import OnnxGraph, conv_layers
 from pytest_cnnaudit.config import ModelSpec, parse_config
 from pytest_cnnaudit.engine.audit import audit_model
 

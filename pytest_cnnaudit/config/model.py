@@ -77,10 +77,7 @@ class ProbeConfig:
     zero_eps: float = field(
         default=0.0,
         metadata=_doc(
-            "a rectifier's output counts as inactive when <= zero_eps; 0 counts exactly the units that are off "
-            "(for ReLU: the zeros)",
-            0.0,
-            None,
+            "a rectifier's output counts as inactive when <= zero_eps (0: the units that are off)", 0.0, None
         ),
     )
 

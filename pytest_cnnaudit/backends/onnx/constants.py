@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .onnx_nodes import has_subgraph
+from .nodes import has_subgraph
 
 #: Ops whose output is not a function of their inputs: never folded.
 NONDETERMINISTIC = frozenset(

@@ -2,11 +2,11 @@
 
 Exporters are messy, so the walk from a Conv's output goes through channel-preserving
 ops (BatchNormalization, a residual Add, Mul/Div, Identity, Cast, Transpose that keeps
-track of the channel axis) until it meets an activation (:mod:`.onnx_activations`
+track of the channel axis) until it meets an activation (:mod:`.activations`
 recognises them, decomposed ones included). Quantised graphs are walked in their float
-view (:mod:`.onnx_quantised`). Weights may be initializers, ``Constant`` nodes,
+view (:mod:`.quantised`). Weights may be initializers, ``Constant`` nodes,
 initializers that are also listed as graph inputs (old IR versions), or any subgraph over
-constants (:mod:`.onnx_constants`).
+constants (:mod:`.constants`).
 
 Residual branches: a tensor may have several consumers (a residual ``Add``'s output feeds
 the next block's conv and the block's own ``Mul -> Add -> Relu``). At each tensor, an
@@ -19,18 +19,17 @@ is not measured and its ``reason`` names them.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .base import RECTIFIERS, LayerInfo
-from .onnx_activations import decomposed_activation, direct_activation, negative_slope_prelu
-from .onnx_constants import ConstantFolder
-from .onnx_nodes import attribute, constant_node_value, has_subgraph, subgraphs
-from .onnx_quantised import DEQUANTIZED_SUFFIX, QUANTISED_CONV_WEIGHT, dequantizing_node, float_view
+from ..base import RECTIFIERS, LayerInfo
+from .activations import decomposed_activation, direct_activation, negative_slope_prelu
+from .index import OnnxGraph
+from .nodes import attribute, has_subgraph, subgraphs
+from .quantised import QUANTISED_CONV_WEIGHT
 
 CONV_OPS = ("Conv", "ConvTranspose")
 #: Ops that keep one value per channel in place (the channel axis moves only through Transpose).
@@ -51,85 +50,6 @@ CHANNEL_PRESERVING = frozenset(
 )
 #: A bound against pathological graphs: tensors visited by one walk (real chains are a few ops long).
 WALK_LIMIT = 64
-
-
-@dataclass
-class OnnxGraph:
-    """Indexes over one graph's float view (producers, consumers), its constants and its quantisation."""
-
-    model: onnx.ModelProto
-
-    def __post_init__(self) -> None:
-        graph = self.model.graph
-        self.constants: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-        self.graph_producer: dict[str, onnx.NodeProto] = {}
-        self.graph_consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-        for node in graph.node:
-            for name in node.output:
-                self.graph_producer[name] = node
-            for name in node.input:
-                if name:
-                    self.graph_consumers[name].append(node)
-            value = constant_node_value(node) if node.op_type == "Constant" else None
-            if value is not None:
-                self.constants[node.output[0]] = value
-        self.producer: dict[str, onnx.NodeProto] = {}
-        opsets = {entry.domain or "": entry.version for entry in self.model.opset_import}
-        self._folder = ConstantFolder(self._any_producer, self.constants, opsets)
-        view = float_view(list(graph.node), self._folder.is_constant, self.constant)
-        self.constants.update(view.constants)
-        self.nodes, self.clamped, self.quantised = view.nodes, view.clamped, view.quantised
-        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-        for node in self.nodes:
-            for name in node.output:
-                self.producer[name] = node
-            for name in node.input:
-                if name:
-                    self.consumers[name].append(node)
-
-    def _any_producer(self, name: str) -> onnx.NodeProto | None:
-        return self.producer.get(name) or self.graph_producer.get(name)
-
-    @property
-    def image_inputs(self) -> list[onnx.ValueInfoProto]:
-        """Graph inputs that are not initializers (old IR versions list weights as inputs too)."""
-        return [i for i in self.model.graph.input if i.name not in self.constants]
-
-    def constant(self, name: str) -> np.ndarray | None:
-        """The value of ``name`` if it is computed from constants only (folded once, then cached)."""
-        return self._folder.value(name) if name else None
-
-    def scalar(self, name: str) -> float | None:
-        value = self.constant(name) if name else None
-        return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
-
-    def measured_tensor(self, tensor: str) -> str:
-        """The graph tensor holding ``tensor``'s value as the next layer receives it.
-
-        An activation quantised after it (QDQ) is read after its ``DequantizeLinear``; an integer
-        tensor without one (QOperator) through a ``DequantizeLinear`` the measuring copy adds.
-        """
-        for quantize in self.graph_consumers.get(tensor, []):
-            if quantize.op_type == "QuantizeLinear":
-                return self._dequantized(quantize.output[0])
-        return self._dequantized(tensor) if tensor in self.quantised else tensor
-
-    def _dequantized(self, integer: str) -> str:
-        for node in self.graph_consumers.get(integer, []):
-            if node.op_type == "DequantizeLinear":
-                return node.output[0]
-        return integer + DEQUANTIZED_SUFFIX
-
-
-def measuring_nodes(graph: OnnxGraph, tensors: list[str]) -> list[onnx.NodeProto]:
-    """The ``DequantizeLinear`` nodes the measuring copy of the graph needs to expose ``tensors``."""
-    nodes = []
-    for tensor in tensors:
-        if tensor in graph.graph_producer or not tensor.endswith(DEQUANTIZED_SUFFIX):
-            continue
-        integer = tensor[: -len(DEQUANTIZED_SUFFIX)]
-        nodes.append(dequantizing_node(graph.graph_producer[integer], integer))
-    return nodes
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,12 @@ every channel whatever its slope (:func:`negative_slope_prelu`).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import onnx
 
-from .onnx_nodes import attribute, other_input
-
-if TYPE_CHECKING:
-    from .onnx_graph import OnnxGraph
+from .index import OnnxGraph
+from .nodes import attribute, other_input
 
 #: ONNX op -> activation kind, for ops that are an activation on their own.
 ACTIVATION_OPS = {

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from .onnx_nodes import attribute
+from .nodes import attribute
 
 #: onnxruntime's quantisers append this to a quantised node's name.
 QUANT_NAME_SUFFIX = "_quant"

@@ -21,11 +21,12 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ..config.model import InputSpec
-from ..errors import ModelError
-from .base import ActivationSink, FirstConv, check_finite_outputs, resolve_input_spec
-from .onnx_first_conv import external_weight
-from .onnx_graph import OnnxGraph, batch_norm_scale, conv_layers, first_conv_node, measuring_nodes
+from ...config.model import InputSpec
+from ...errors import ModelError
+from ..base import ActivationSink, FirstConv, check_finite_outputs, resolve_input_spec
+from .first_conv import external_weight
+from .graph import batch_norm_scale, conv_layers, first_conv_node
+from .index import OnnxGraph, measuring_nodes
 
 #: Input element types a probe batch is cast to.
 INPUT_TYPES = {
@@ -173,8 +174,8 @@ class OnnxBackend:
         return batch.astype(self.input_dtype, copy=False)
 
     def first_conv(self) -> FirstConv | None:
-        """The first conv's weights on the external input (see :mod:`.onnx_first_conv`), BatchNorm after it
-        folded in; its own weights when the path from the input is not one :mod:`.onnx_first_conv` reads."""
+        """The first conv's weights on the external input (see :mod:`.first_conv`), BatchNorm after it
+        folded in; its own weights when the path from the input is not one :mod:`.first_conv` reads."""
         node = first_conv_node(self.graph, self.input_name)
         weight = self.graph.constant(node.input[1]) if node is not None else None
         if node is None or weight is None or weight.ndim != 4:

@@ -19,8 +19,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 
-from .onnx_graph import OnnxGraph
-from .onnx_nodes import attribute
+from .index import OnnxGraph
+from .nodes import attribute
 
 #: Ops between the input and the first conv that change neither channels nor their values.
 PASS_THROUGH = frozenset({"Identity", "Cast", "Dropout", "Pad"})
