@@ -62,9 +62,14 @@ def failed_plan_document(plan: ModelPlan, message: str) -> ModelDocument:
 
 
 def _layer_documents(plan: ModelPlan, stats: dict[str, ChannelStats]) -> tuple[LayerDocument, ...]:
+    """Each layer with what the main pass measured; a layer the checks cannot judge (a saturating or no
+    activation) says why and shows no sparsity or dead channels, though its tensor may have been measured."""
     layers = []
     for info in plan.layers:
-        measured = stats.get(info.id)
+        reason = unmeasurable_reason(info)
+        measured = stats.get(info.id) if reason is None else None
+        if reason is None and measured is None:
+            reason = "its activation was not measured"
         layers.append(
             LayerDocument(
                 id=info.id,
@@ -75,7 +80,7 @@ def _layer_documents(plan: ModelPlan, stats: dict[str, ChannelStats]) -> tuple[L
                 dead_channels=measured.dead_channels if measured is not None else None,
                 channel_max=tuple(measured.max.tolist()) if measured is not None else None,
                 channel_mean=tuple(measured.mean.tolist()) if measured is not None else None,
-                unmeasured=unmeasurable_reason(info) if measured is None else None,
+                unmeasured=reason,
                 definition=info.definition,
             )
         )
