@@ -17,8 +17,8 @@ from .model import (
     ProbeConfig,
     RuntimeConfig,
     SparsityCheck,
-    apply_overrides,
 )
+from .rules import apply_overrides
 
 __all__ = [
     "AuditConfig",
