@@ -153,8 +153,10 @@ def test_user_npy_array(dtype: type, tmp_path: Path) -> None:
     assert probes.count == 5
     images = all_images(probes, batch_size=2)
     np.testing.assert_allclose(images, pixels / 255.0, atol=1e-6)
-    assert user_probe_set(tmp_path / "probes.npy", SIZE, 3, seed=0).count == 3
-    assert user_probe_set(tmp_path / "probes.npy", SIZE, 50, seed=0).count == 5
+    fewer = user_probe_set(tmp_path / "probes.npy", SIZE, 3, seed=0)
+    assert fewer.count == 3 and not fewer.crops and len(set(fewer.order)) == 3  # three of the five, each once
+    more = user_probe_set(tmp_path / "probes.npy", SIZE, 50, seed=0)
+    assert more.count == 50 and more.crops  # more than the array holds: seeded crops of its images
 
 
 def test_user_npy_uint8_dark_image_is_still_0_to_255(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ def probe_set_for(config: AuditConfig, size: tuple[int, int]) -> ProbeSet:
     probe = config.probe
     if probe.images is None:
         return default_probe_set(size, probe.count, probe.seed)
-    return user_probe_set(config.base_dir / probe.images, size, probe.count, probe.seed)
+    return user_probe_set(config.base_dir / probe.images, size, probe.count, probe.seed, probe.augment)
 
 
 def load_error_document(name: str, message: str, spec: ModelSpec | None = None) -> ModelDocument:
