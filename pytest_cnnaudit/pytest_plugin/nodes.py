@@ -86,13 +86,17 @@ class ModelFile(pytest.File):
         plan, state = self._plan, self.state
         assert plan is not None
         progress = functools.partial(state.progress, self.model_name) if state.progress else None
-        if plan.config.runtime.isolate:
-            return audit_isolated(self.path, plan, state.pictures, progress)
-        opened = state.opened.pop(path_key(self.path), None)
-        if opened is not None:
-            opened.name = self.model_name
-            return run_audit(opened, plan.baseline, state.pictures, progress)
-        return audit_document(self.path, plan.config, plan.spec, plan.name, plan.baseline, state.pictures, progress)
+        try:
+            if plan.config.runtime.isolate:
+                return audit_isolated(self.path, plan, state.pictures, progress)
+            opened = state.opened.pop(path_key(self.path), None)
+            if opened is not None:
+                opened.name = self.model_name
+                return run_audit(opened, plan.baseline, state.pictures, progress)
+            return audit_document(self.path, plan.config, plan.spec, plan.name, plan.baseline, state.pictures, progress)
+        finally:
+            if state.progress is not None:
+                state.progress.ended(self.model_name)
 
     def report_payload(self, verdict: Verdict) -> dict[str, Any]:
         """What an item's report carries to the controller: its verdict and, on one item, the model's document."""

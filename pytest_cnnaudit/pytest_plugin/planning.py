@@ -107,11 +107,14 @@ def session_layouts(config: pytest.Config) -> Layouts:
 
 
 def relative_to_root(path: str | Path, root: Path) -> str:
-    """``path`` relative to the rootdir when it lies inside it (as pytest prints node ids), else as given."""
+    """How every report, node id and baseline names a model file (and the header its config): its path
+    relative to the rootdir, ``/``-separated, with ``..`` when it lies outside (a model listed in a
+    config elsewhere); absolute only when no relative path exists (another drive)."""
+    absolute = os.path.abspath(path)  # as pytest makes node ids: symbolic links are not followed
     try:
-        return Path(path).resolve().relative_to(root.resolve()).as_posix()
+        return Path(os.path.relpath(absolute, os.path.abspath(root))).as_posix()
     except ValueError:
-        return str(path)
+        return Path(absolute).as_posix()
 
 
 def layout_for(config: pytest.Config, path: Path) -> ModelLayout | str:

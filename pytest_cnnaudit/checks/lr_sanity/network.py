@@ -253,7 +253,9 @@ def onnx_network(context: AuditContext) -> ProbeNetwork:
     try:
         import onnx2torch
     except ImportError:
-        raise ProbeUnavailable("training an ONNX model needs onnx2torch (pip install onnx2torch)") from None
+        raise ProbeUnavailable(
+            "training an ONNX model needs onnx2torch: pip install 'pytest-cnnaudit[torch]'"
+        ) from None
     model = load_onnx_model(context.model)
     layers, channel_axes = conv_layers(OnnxGraph(model))
     try:
