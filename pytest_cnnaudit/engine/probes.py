@@ -110,14 +110,14 @@ def seeded_crop(image: np.ndarray, size: tuple[int, int], rng: np.random.Generat
 
 
 def centre_crop(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``image`` resized so that it covers ``size`` (its short side fits), then cropped to it in the centre."""
+    """``image`` resized to cover ``size`` (the side that fits last decides the scale), then cropped to it
+    in the centre: torchvision's ``Resize`` then ``CenterCrop``, as a model's own preprocessing does."""
     height, width = image.shape[:2]
-    aspect = size[1] / size[0]
-    crop_h = max(1, min(height, int(round(width / aspect))))
-    crop_w = max(1, min(width, int(round(crop_h * aspect))))
-    top, left = (height - crop_h) // 2, (width - crop_w) // 2
-    crop = np.ascontiguousarray(image[top : top + crop_h, left : left + crop_w])
-    return crop if crop.shape[:2] == size else _resize(crop, size)
+    scale = max(size[0] / height, size[1] / width)
+    covering = (max(size[0], round(height * scale)), max(size[1], round(width * scale)))
+    resized = image if covering == (height, width) else _resize(image, covering)
+    top, left = round((covering[0] - size[0]) / 2), round((covering[1] - size[1]) / 2)
+    return resized[top : top + size[0], left : left + size[1]]
 
 
 @dataclass(frozen=True)
