@@ -22,6 +22,7 @@ from ..engine.audit import audit_document, load_error_document, run_audit
 from ..engine.check import ModelPlan
 from ..engine.isolation import audit_isolated
 from ..engine.planning import named, planned_items
+from ..errors import ConfigError
 from .planning import layout_for
 from .state import STATE, PluginState, path_key
 
@@ -61,13 +62,22 @@ class ModelFile(pytest.File):
         state = self.state
         spec = state.audit_config.model_spec(self.path)
         layout = layout_for(self.config, self.path)
+        plan = (
+            None
+            if isinstance(layout, str)
+            else ModelPlan(self.model_name, spec, state.audit_config, layout, state.baseline)
+        )
+        try:
+            items = planned_items(plan) if plan is not None else []
+        except ConfigError as exc:  # layer rules that break a limit only together, on this model's layers
+            layout = str(exc)
         if isinstance(layout, str):
             self._load_error = named(self.model_name, layout, self.path)
             yield AuditItem.from_parent(self, name=LOAD_CHECK, check=LOAD_CHECK, layer=None)
             return
-        self._plan = ModelPlan(self.model_name, spec, state.audit_config, layout, state.baseline)
+        self._plan = plan
         state.layer_ids.update(info.id for info in layout.layers)
-        for check, layer in planned_items(self._plan):
+        for check, layer in items:
             yield AuditItem.from_parent(self, name=item_id(check, layer), check=check, layer=layer)
 
     def document(self) -> ModelDocument:
