@@ -134,9 +134,10 @@ def resolve_input_spec(configured: InputSpec, shape: tuple[int | None, ...] | No
         raise ModelError(f"{model}: input has {channels_dim} channels but input.channels is {channels}")
     for key, values in (("mean", configured.mean), ("std", configured.std)):
         if values is not None and len(values) not in (1, wanted):
+            give = "give 1 value" if wanted == 1 else f"give {wanted} values, or 1 for all"
             raise ModelError(
                 f"{model}: input.{key} has {len(values)} values but the model's input has {wanted} channel(s) "
-                f"({channels}): give {wanted} values, or 1 for all"
+                f"({channels}): {give}"
             )
     mean = configured.mean or (0.0,) * wanted
     std = configured.std or (1.0,) * wanted

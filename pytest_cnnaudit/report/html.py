@@ -225,16 +225,18 @@ def _check_section(model_id: str, check: str, document: ModelDocument, pictures:
     )
 
 
-#: A model's badge: failed, nothing measured (no layer could be measured: never a pass), passed, or
-#: skipped (every item skipped or not run).
+#: A model's badge: failed, not measured (no layer could be judged: never a pass), passed, or skipped
+#: (every item skipped or not run).
 STATES = ("failed", "not measured", "passed", "skipped")
+#: The per-layer checks that give the model an item of its own only when none of its layers can be judged.
+LAYER_CHECKS = ("sparsity", "dead_filters")
 
 
 def _state(document: ModelDocument) -> str:
     if document.error is not None or any(v.outcome == "failed" for v in document.verdicts):
         return "failed"
-    if document.layers and all(layer.sparsity is None for layer in document.layers):
-        return "not measured"
+    if any(v.layer is None and v.check in LAYER_CHECKS for v in document.verdicts):
+        return "not measured"  # allowed by allow_unmeasured, so skipped: still not a pass
     return "passed" if any(v.outcome == "passed" for v in document.verdicts) else "skipped"
 
 
