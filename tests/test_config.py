@@ -137,7 +137,7 @@ def _leaf_paths(cls: type, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str
         hint = hints[field.name]
         if dataclasses.is_dataclass(hint):
             leaves.extend(_leaf_paths(hint, (*prefix, field.name)))
-        elif typing.get_origin(hint) is not tuple:
+        elif typing.get_origin(hint) not in (tuple, dict):  # lists and mappings of sections: tested apart
             leaves.append(((*prefix, field.name), hint))
     return leaves
 
@@ -253,8 +253,14 @@ def test_no_number_may_be_nan_or_infinite_at_any_level(path: tuple, listed: int,
 
 #: One valid, non-default value for each field a checks section has (list fields: one complete item).
 CHECK_SAMPLES = {
-    "sparsity": {"min": 0.1, "max": 0.9, "allow_unmeasured": True},
-    "dead_filters": {"max_count": 2, "max_fraction": 0.5, "allow_unmeasured": True},
+    "sparsity": {"min": 0.1, "max": 0.9, "by_activation": {"silu": {"min": 0.2}}, "allow_unmeasured": True},
+    "dead_filters": {
+        "max_count": 2,
+        "max_fraction": 0.5,
+        "by_activation": {"gelu": {"max_fraction": 0.6}},
+        "min_positions": 4,
+        "allow_unmeasured": True,
+    },
     "lr_sanity": {
         "lr": 0.5,
         "optimizer": "adam",
@@ -307,7 +313,7 @@ def test_every_override_is_valid_and_typed_at_every_level(check: str) -> None:
     assert settings["top"] == settings["model"] == settings["layer"]
     for field in dataclasses.fields(settings["layer"]):
         value = getattr(settings["layer"], field.name)
-        items = value if isinstance(value, tuple) else (value,)
+        items = value if isinstance(value, tuple) else tuple(value.values()) if isinstance(value, dict) else (value,)
         assert not any(isinstance(item, dict) for item in items), (check, field.name, value)
 
 

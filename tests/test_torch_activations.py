@@ -115,7 +115,10 @@ def hooked_stats(net: nn.Module, names: tuple[str, ...], batches: list[np.ndarra
             handle.remove()
     empty = np.zeros(0)
     return {
-        name: ChannelStats(counts[name], inactive[name], maxima[name], empty, empty, empty, empty) for name in names
+        name: ChannelStats(
+            counts[name], sum(len(batch) for batch in batches), inactive[name], maxima[name], empty, empty, empty, empty
+        )
+        for name in names
     }
 
 

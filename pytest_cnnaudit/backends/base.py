@@ -14,32 +14,14 @@ from typing import Protocol
 
 import numpy as np
 
-from ..config.model import InputSpec
+from ..config import families
+from ..config.inputs import InputSpec
 
-#: Rectifiers: activations whose output is <= 0 exactly where the unit is inactive (ReLU, ReLU6 and
-#: Clip from 0, HardSwish, SiLU, GELU, Mish, ELU/SELU/CELU, LeakyReLU and PReLU with non-negative
-#: slopes, ThresholdedReLU from a non-negative threshold). For all of them one definition holds:
-#: a unit is inactive where its output is <= ``probe.zero_eps`` (0 by default), and a channel is
-#: dead when its output never exceeds it. For ReLU that is the exact-zero count.
-RECTIFIERS = frozenset(
-    {
-        "relu",
-        "relu6",
-        "clip",
-        "hardswish",
-        "silu",
-        "gelu",
-        "mish",
-        "elu",
-        "selu",
-        "celu",
-        "leaky_relu",
-        "prelu",
-        "thresholded_relu",
-    }
-)
-#: Activations that saturate and have no inactive region: no output value means "off".
-SATURATING = frozenset({"sigmoid", "hard_sigmoid", "tanh", "softmax", "softplus"})
+#: Rectifiers: a unit is inactive where the output is <= ``probe.zero_eps`` (0 by default) and a channel
+#: dead when its output never exceeds it (for ReLU: the exact-zero count). Saturating activations have
+#: no inactive region. The one list of both lives with the config's activation families.
+RECTIFIERS = frozenset(families.RECTIFIERS)
+SATURATING = frozenset(families.SATURATING)
 
 #: Called with (tensor key, activation batch, channel axis) during a forward pass.
 ActivationSink = Callable[[str, np.ndarray, int], None]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 
 from ..backends.base import LayerInfo
-from ..config.model import DeadFiltersCheck
+from ..config.checks import DeadFiltersCheck, FamilyDeadFilters
+from ..config.families import DEAD_FRACTION, DEFAULT_DEAD_FRACTION, first_set
 from ..document import DeadFiltersFigures, Verdict
 from ..engine.check import AuditContext, CheckResult, ModelPlan, Need
 from ..engine.stats import ChannelStats
@@ -14,19 +15,30 @@ from .layers import format_channels, judge_layers, layer_items
 CHECK = "dead_filters"
 
 
-def allowed_dead(limits: DeadFiltersCheck, channels: int) -> int:
-    """``max_count`` when set, else ``max_fraction`` of the layer's channels (rounded down)."""
-    if limits.max_count is not None:
-        return limits.max_count
-    return math.floor(limits.max_fraction * channels + 1e-9)
+def dead_allowance(limits: DeadFiltersCheck, activation: str | None, channels: int) -> tuple[int, str]:
+    """(dead channels allowed, the rule that says so) for a layer of this activation: a count when the
+    family or the check sets one, else a fraction of the layer (the family's, the check's, the defaults)."""
+    family = limits.by_activation.get(activation or "", FamilyDeadFilters())
+    count = first_set(family.max_count, limits.max_count)
+    if count is not None:
+        return int(count), f"max_count {count}"
+    default = DEAD_FRACTION.get(activation or "", DEFAULT_DEAD_FRACTION)
+    fraction = float(first_set(family.max_fraction, limits.max_fraction, default))  # type: ignore[arg-type]
+    return math.floor(fraction * channels + 1e-9), f"max_fraction {fraction}"
 
 
 def judge_dead_filters(layer: LayerInfo, stats: ChannelStats, model: ModelPlan) -> Verdict:
     """Fail when more channels are never active than allowed, naming them."""
     limits = model.checks_for(layer.id).dead_filters
+    positions = stats.count // max(1, stats.images)
+    if positions < limits.min_positions:
+        message = (
+            f"not judged: {positions} value(s) per image and channel (a pooled map, e.g. a squeeze-and-excitation "
+            f"conv) are too few to show a channel is dead; checks.dead_filters.min_positions: 1 judges it"
+        )
+        return Verdict(CHECK, layer.id, "skipped", message)
     dead = stats.dead_channels
-    allowed = allowed_dead(limits, layer.channels)
-    rule = f"max_count {limits.max_count}" if limits.max_count is not None else f"max_fraction {limits.max_fraction}"
+    allowed, rule = dead_allowance(limits, layer.activation, layer.channels)
     figures = DeadFiltersFigures(dead_channels=dead, dead_count=len(dead), channels=layer.channels, allowed=allowed)
     fraction = len(dead) / layer.channels if layer.channels else 0.0
     summary = f"{len(dead)} of {layer.channels} channels never active ({fraction:.1%})"

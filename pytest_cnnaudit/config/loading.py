@@ -126,6 +126,7 @@ def _build(cls: type, data: Any, where: _Where, partial: bool = False) -> Any:
         else:
             values[key] = _convert(hints[key], raw, child, partial)
             _check_numbers(values[key], metadata, child)
+            _check_keys(values[key], metadata, child)
         if metadata.get("sections_enable"):
             values[key] = enable_given_sections(values[key], raw)
     if partial:
@@ -183,6 +184,11 @@ def _convert(hint: Any, raw: Any, where: _Where, partial: bool) -> Any:
     if origin is dict or hint is dict:
         if not isinstance(raw, dict):
             raise where.error(f"got {_describe(raw)}, expected a mapping")
+        if args and dataclasses.is_dataclass(args[1]):  # like a list in an override: each entry built complete
+            return {
+                str(key): _build(args[1], value, where.child(str(key), _key_line(raw, key, where)))
+                for key, value in raw.items()
+            }
         return dict(raw)
     return _convert_scalar(hint, raw, where)
 
@@ -201,6 +207,22 @@ def _convert_tuple(args: tuple, raw: Any, where: _Where, partial: bool) -> tuple
         _convert(t, item, where.child(i, _line_of(item, where)), partial=False)
         for i, (t, item) in enumerate(zip(item_types, raw))
     )
+
+
+def _key_line(mapping: Any, key: Any, where: _Where) -> int:
+    return getattr(mapping, "key_lines", {}).get(str(key), where.line)
+
+
+def _check_keys(value: Any, meta: dict[str, Any], where: _Where) -> None:
+    """A mapping whose keys are names from a fixed list (activation families) names only those."""
+    allowed = meta.get("keys")
+    if allowed is None or not isinstance(value, dict):
+        return
+    for key in value:
+        if key not in allowed:
+            nearest = difflib.get_close_matches(str(key), list(allowed), n=1, cutoff=0.5)
+            hint = f"; did you mean {nearest[0]!r}?" if nearest else ""
+            raise where.child(str(key), where.line).error(f"unknown name {key!r}{hint} (names: {', '.join(allowed)})")
 
 
 def _line_of(item: Any, where: _Where) -> int:

@@ -5,7 +5,8 @@ These dataclasses are the single source of the contract: the validator
 (:mod:`pytest_cnnaudit.config.schema`) are both derived from their fields, so the two
 cannot drift apart. Each field's ``metadata`` carries its documentation and, for
 numbers, the allowed range; cross-field rules raise from ``__post_init__`` and are
-located by the loader. The input spec and the probe set live in :mod:`.inputs`.
+located by the loader. The input spec and the probe set live in :mod:`.inputs`, the
+``checks:`` section in :mod:`.checks`.
 """
 
 from __future__ import annotations
@@ -13,195 +14,14 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ..errors import ConfigError
+from .checks import ChecksConfig
 from .inputs import InputSpec, ProbeConfig
 from .rules import FieldRuleError, apply_overrides
 from .rules import described as _doc
 from .rules import require as _check
-
-
-@dataclass(frozen=True)
-class SparsityCheck:
-    """Each layer's fraction of zero activations lies in [min, max].
-
-    Defaults: trained ImageNet CNNs measure 0.07-0.94 per layer (mostly 0.4-0.6);
-    [0.03, 0.97] passes all of those and still flags all-zero or fully dense maps.
-    """
-
-    enabled: bool = field(default=True, metadata=_doc("run this check"))
-    min: float = field(default=0.03, metadata=_doc("lowest allowed zero fraction", 0.0, 1.0))
-    max: float = field(default=0.97, metadata=_doc("highest allowed zero fraction", 0.0, 1.0))
-    allow_unmeasured: bool = field(
-        default=False,
-        metadata=_doc("pass (as skipped) a model none of whose layers can be measured, instead of failing it"),
-    )
-
-    def __post_init__(self) -> None:
-        _check(self.min <= self.max, "min", f"min {self.min} > max {self.max}")
-
-
-@dataclass(frozen=True)
-class DeadFiltersCheck:
-    """No layer has more never-active channels than allowed.
-
-    Defaults: trained ImageNet CNNs have 0.3-10% never-active channels overall, so
-    "none at all" is a team's choice (``max_count: 0``), not a default; 25% per layer
-    is beyond what those networks show and catches a collapsed layer.
-    """
-
-    enabled: bool = field(default=True, metadata=_doc("run this check"))
-    max_count: int | None = field(default=None, metadata=_doc("most dead channels allowed per layer", 0, None))
-    max_fraction: float = field(default=0.25, metadata=_doc("largest dead fraction allowed per layer", 0.0, 1.0))
-    allow_unmeasured: bool = field(
-        default=False,
-        metadata=_doc("pass (as skipped) a model none of whose layers can be measured, instead of failing it"),
-    )
-
-
-@dataclass(frozen=True)
-class LrSanityCheck:
-    """A short fine-tuning probe at ``lr`` must not kill filters (off unless its section is given: it trains).
-
-    Defaults: SGD with momentum 0.9 at 0.01 is the usual fine-tuning recipe of ImageNet
-    CNNs (they train from scratch at 0.1); a rate that kills filters does so within the
-    first few updates, so 20 steps of 8 images find it at the cost of 20 training steps;
-    a healthy rate kills none in that time, so none may die (``max_new_dead: 0``).
-    """
-
-    enabled: bool = field(
-        default=False,
-        metadata=_doc(
-            "run the fine-tuning probe (costs training steps); giving the section at the top level or in a model "
-            "turns it on unless it says enabled: false"
-        ),
-    )
-    lr: float = field(default=0.01, metadata=_doc("learning rate the team intends to fine-tune with", 0.0, None))
-    optimizer: Literal["sgd", "adam", "adamw"] = field(default="sgd", metadata=_doc("optimizer of the probe"))
-    momentum: float = field(
-        default=0.9, metadata=_doc("SGD momentum (adam and adamw use their default betas)", 0.0, 1.0)
-    )
-    weight_decay: float = field(default=0.0, metadata=_doc("weight decay (decoupled for adamw)", 0.0, None))
-    steps: int = field(default=20, metadata=_doc("training steps of the probe", 1, 100000))
-    batch_size: int = field(
-        default=8,
-        metadata=_doc("images per training step (a model with a fixed batch size uses its own)", 1, 4096),
-    )
-    objective: Literal["self", "labels", "random"] = field(
-        default="self",
-        metadata=_doc(
-            "self: cross-entropy to the model's own argmax (MSE to its own outputs if not a classifier); "
-            "labels: labels_dir; random: seeded random labels (seeded random targets, MSE, if not a classifier)"
-        ),
-    )
-    labels_dir: str | None = field(
-        default=None,
-        metadata=_doc("folder with one subfolder of images per class (sorted names are class 0, 1, ...)"),
-    )
-    max_new_dead: float = field(
-        default=0,
-        metadata=_doc("newly dead filters allowed per layer: a count (whole number >= 1) or a fraction (< 1)", 0, None),
-    )
-    sweep: bool = field(default=False, metadata=_doc("sweep a log grid of rates and report the max safe rate"))
-    sweep_range: tuple[float, float] = field(
-        default=(1e-5, 10.0), metadata=_doc("lowest and highest rate of the sweep", 1e-12, None)
-    )
-    sweep_per_decade: int = field(
-        default=2, metadata=_doc("rates per decade of the sweep (2: 1, 3.16, 10, ...)", 1, 100)
-    )
-    allow_unmeasured: bool = field(
-        default=False,
-        metadata=_doc("pass (as skipped) a model none of whose layers can be measured, instead of failing it"),
-    )
-
-    def __post_init__(self) -> None:
-        _check(self.objective != "labels" or self.labels_dir is not None, "labels_dir", "objective labels needs it")
-        _check(
-            self.max_new_dead < 1 or float(self.max_new_dead).is_integer(),
-            "max_new_dead",
-            f"{self.max_new_dead} is neither a whole count nor a fraction below 1",
-        )
-        low, high = self.sweep_range
-        _check(low < high, "sweep_range", f"lowest rate {low} is not below highest rate {high}")
-
-
-@dataclass(frozen=True)
-class FirstLayerColor:
-    """What the first conv layer's colour use must be, judged from its weights.
-
-    A filter is colour-tuned when more than ``csi_threshold`` of its weight energy
-    (input normalisation folded in, on raw RGB) lies on the red-green and blue-yellow
-    opponent axes rather than the achromatic one. Defaults: trained ImageNet CNNs have
-    20-40% such filters in their first layer (random filters put two thirds of their
-    energy there on average), so ``sensitive`` asks for 20%; ``invariant`` allows 5% of
-    the whole layer's energy on the opponent axes (filters with equal R, G, B weights: 0).
-    """
-
-    expect: Literal["sensitive", "invariant"] | None = field(
-        default=None, metadata=_doc("expected colour use; unset: measured and reported only")
-    )
-    min_selective_fraction: float = field(
-        default=0.2,
-        metadata=_doc("sensitive: least fraction of colour-tuned filters (trained nets: 20-40%)", 0.0, 1.0),
-    )
-    max_sensitivity: float = field(
-        default=0.05,
-        metadata=_doc("invariant: largest chromatic energy share of the layer (opponent-axis / total)", 0.0, 1.0),
-    )
-    csi_threshold: float = field(
-        default=0.5,
-        metadata=_doc(
-            "a first-layer filter is colour-tuned above this chromatic energy fraction of its weights; any "
-            "layer's channel is CSI-selective above this CSI (profile and bounds)",
-            0.0,
-            1.0,
-        ),
-    )
-
-
-@dataclass(frozen=True)
-class LayerColorBound:
-    """Per-layer bound on the fraction of CSI-selective channels (CSI > ``first_layer.csi_threshold``).
-
-    Each layer whose id matches gets an item ``color[<layer>]``.
-    """
-
-    match: str = field(default="*", metadata=_doc("glob on layer ids"))
-    min_selective_fraction: float = field(default=0.0, metadata=_doc("least CSI-selective fraction", 0.0, 1.0))
-    max_selective_fraction: float = field(default=1.0, metadata=_doc("largest CSI-selective fraction", 0.0, 1.0))
-
-    def __post_init__(self) -> None:
-        _check(
-            self.min_selective_fraction <= self.max_selective_fraction,
-            "min_selective_fraction",
-            f"{self.min_selective_fraction} > max_selective_fraction {self.max_selective_fraction}",
-        )
-
-
-@dataclass(frozen=True)
-class ColorCheck:
-    """Colour sensitivity of the first conv layer, and a colour profile of every layer."""
-
-    enabled: bool = field(default=True, metadata=_doc("run this check"))
-    first_layer: FirstLayerColor = field(default_factory=FirstLayerColor, metadata=_doc("first conv layer"))
-    layers: tuple[LayerColorBound, ...] = field(default=(), metadata=_doc("optional per-layer bounds"))
-    allow_unmeasured: bool = field(
-        default=False,
-        metadata=_doc(
-            "with first_layer.expect set: skip, instead of failing, when the first conv's weights cannot be read"
-        ),
-    )
-
-
-@dataclass(frozen=True)
-class ChecksConfig:
-    """Thresholds of every check."""
-
-    sparsity: SparsityCheck = field(default_factory=SparsityCheck, metadata=_doc("activation sparsity"))
-    dead_filters: DeadFiltersCheck = field(default_factory=DeadFiltersCheck, metadata=_doc("never-active channels"))
-    lr_sanity: LrSanityCheck = field(default_factory=LrSanityCheck, metadata=_doc("learning-rate probe"))
-    color: ColorCheck = field(default_factory=ColorCheck, metadata=_doc("colour sensitivity"))
 
 
 @dataclass(frozen=True)

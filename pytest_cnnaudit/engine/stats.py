@@ -28,6 +28,7 @@ class ChannelStats:
     """Per-channel statistics of one activation tensor over the whole probe set."""
 
     count: int  # values per channel (images x positions)
+    images: int  # probe images reduced
     inactive: np.ndarray  # (C,) int64: values <= eps (for every rectifier: where it is switched off)
     max: np.ndarray  # (C,) float64
     mean: np.ndarray  # (C,) float64
@@ -161,6 +162,7 @@ class ChannelAccumulator:
         self._merge(n, inactive, per_input_max.max(axis=0).astype(np.float64), batch_mean, batch_m2)
         if self.top_k:
             self._keep_top(per_input_max.astype(np.float32))
+        self._images += images
 
     def _keep_top(self, per_input_max: np.ndarray) -> None:
         """Merge a batch's (n, C) maxima into each channel's top ``top_k`` images.
@@ -169,7 +171,6 @@ class ChannelAccumulator:
         maximum alone breaks ties by image index, as sorting the whole probe set would.
         """
         images = np.arange(self._images, self._images + per_input_max.shape[0])
-        self._images += per_input_max.shape[0]
         candidates = np.broadcast_to(images[:, None], per_input_max.shape)
         if self._top_max is not None and self._top_images is not None:
             per_input_max = np.concatenate([self._top_max, per_input_max])
@@ -201,6 +202,7 @@ class ChannelAccumulator:
             raise ValueError("no batch was accumulated")
         return ChannelStats(
             count=self._count,
+            images=self._images,
             inactive=self._inactive,
             max=self._max,
             mean=self._mean,

@@ -15,7 +15,7 @@ import dataclasses
 
 import numpy as np
 
-from ...config.model import FirstLayerColor, LayerColorBound
+from ...config.checks import FirstLayerColor, LayerColorBound
 from ...document import ColorBoundFigures, ColorFigures, Verdict
 from .measures import CsiSummary
 
