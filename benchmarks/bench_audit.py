@@ -128,7 +128,7 @@ def model_input_batches(config: Any, spec: Any) -> Any:
     from pytest_cnnaudit.audit import probe_set_for
     from pytest_cnnaudit.probes import to_model_input
 
-    for batch in probe_set_for(config, spec.size).batches(config.probe.batch_size):
+    for batch in probe_set_for(config, spec).batches(config.probe.batch_size):
         yield to_model_input(batch, spec)
 
 

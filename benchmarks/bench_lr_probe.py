@@ -56,7 +56,7 @@ def audit_context(model: Any, size: int, sweep: bool, max_new_dead: float = 0) -
     config = parse_config(f"checks:\n  lr_sanity: {{{settings}}}\n", "<bench>")
     spec = ModelSpec(path="resnet18", input=InputSpec(size=(size, size)))
     opened = open_model(model, config, spec, name="resnet18")
-    probes = probe_set_for(config, opened.backend.input_spec.size)
+    probes = probe_set_for(config, opened.backend.input_spec)
     return AuditContext(opened.plan(), model, opened.backend, probes, {}, config.probe.batch_size)
 
 

@@ -89,9 +89,9 @@ def fails_at_run(tmp: Path) -> Path:
     return save(_graph(text, _conv_weights()), tmp / "m.onnx")
 
 
-def five_dims(tmp: Path) -> Path:
-    text = f"{HEADER} net (float[N, 3, 4, 8, 8] x) => (float[N, 4, 2, 6, 6] y) {{ a = Conv(x, w, b) y = Relu(a) }}"
-    weights = {"w": np.zeros((4, 3, 3, 3, 3)), "b": np.zeros(4)}
+def five_channel_clip(tmp: Path) -> Path:
+    text = f"{HEADER} net (float[N, 5, 4, 8, 8] x) => (float[N, 4, 2, 6, 6] y) {{ a = Conv(x, w, b) y = Relu(a) }}"
+    weights = {"w": np.zeros((4, 5, 3, 3, 3)), "b": np.zeros(4)}
     return save(_graph(text, weights), tmp / "m.onnx")
 
 
@@ -155,7 +155,11 @@ MODEL_CASES: dict[str, tuple[Callable[[Path], Path], str, str]] = {
     ),
     "two image inputs": (two_inputs, "", "expected one image input, found 2 (x, z)"),
     "fails when run": (fails_at_run, "", "onnxruntime failed on a batch"),
-    "five-dimensional input": (five_dims, "", "expected 4 dimensions"),
+    "clip of five channels, no probe arrays": (
+        five_channel_clip,
+        "",
+        "no default probe for an input of shape [N, 5, 4, 8, 8]: set probe.images: arrays.npy",
+    ),
     "gray model told RGB": (
         gray_input,
         "models: [{path: m.onnx, input: {channels: RGB}}]",

@@ -15,7 +15,6 @@ from pytest_cnnaudit.backends.onnx import OnnxBackend
 from pytest_cnnaudit.backends.onnx.graph import OnnxGraph, conv_layers
 from pytest_cnnaudit.config import InputSpec, ModelSpec, parse_config
 from pytest_cnnaudit.engine.audit import audit_model
-from pytest_cnnaudit.errors import ModelError
 
 PAD = "<pads = [1, 1, 1, 1]>"
 
@@ -197,27 +196,6 @@ def test_conv1d_and_conv3d_layers_are_found_with_channels_on_axis_1() -> None:
         layers, axes = conv_layers(OnnxGraph(model))
         assert [(layer.id, layer.activation, layer.channels) for layer in layers] == [("c", "relu", 8)]
         assert axes == {"out": 1}
-
-
-@pytest.mark.parametrize(
-    ("image", "words"),
-    [
-        ("float[N, 2, 100] image", "Conv1d network on (N, C, L) signals"),
-        ("float[N, 3, 4, 16, 16] image", "Conv3d network on (N, C, T, H, W) clips"),
-    ],
-)
-def test_signal_and_clip_inputs_are_refused_in_one_line(image: str, words: str, tmp_path: Path) -> None:
-    rank = image.count(",") + 1
-    kernel = [1] * (rank - 2)
-    body = f"[c] c = Conv <kernel_shape = {kernel}> (image, w)\nout = Relu (c)"
-    weight = np.ones((8, int(image.split(",")[1]), *kernel), np.float32)
-    model = onnx_model(
-        graph(body, image, "float[N, 8, 100] out" if rank == 3 else "float[N, 8, 4, 16, 16] out"), {"w": weight}
-    )
-    path = save_onnx(model, tmp_path / "model.onnx")
-    with pytest.raises(ModelError, match="probes are images") as info:
-        OnnxBackend(path, InputSpec())
-    assert words in str(info.value) and "\n" not in str(info.value)
 
 
 # --------------------------------------------------------------------------- weights through constant subgraphs

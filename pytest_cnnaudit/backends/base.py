@@ -80,12 +80,16 @@ def check_finite_outputs(outputs: dict[str, np.ndarray], model: str) -> None:
 
 
 def resolve_input_spec(configured: InputSpec, shape: tuple[int | None, ...] | None, model: str) -> InputSpec:
-    """Fill the unset fields of ``configured`` from a 4-d input shape (None for unknown dims).
+    """Fill the unset fields of ``configured`` from the model's input shape (None for unknown dims).
 
-    Layout: NHWC when the last dim is 1 or 3 and dim 1 is not; NCHW otherwise.
+    An image input (4-d): layout NHWC when the last dim is 1 or 3 and dim 1 is not, NCHW otherwise.
+    A signal (N, C, L) or clip (N, C, T, H, W) input, from the model's shape or ``input.shape``:
+    :func:`resolve_signal_spec`.
     """
     from ..errors import ModelError
 
+    if configured.shape is not None or (shape is not None and len(shape) in (3, 5)):
+        return resolve_signal_spec(configured, shape, model)
     layout = configured.layout
     channels_dim: int | None = None
     size: tuple[int, int] | None = None
@@ -131,3 +135,47 @@ def resolve_input_spec(configured: InputSpec, shape: tuple[int | None, ...] | No
         mean=tuple(mean) * (wanted // len(mean)),
         std=tuple(std) * (wanted // len(std)),
     )
+
+
+def resolve_signal_spec(configured: InputSpec, shape: tuple[int | None, ...] | None, model: str) -> InputSpec:
+    """A signal or clip input's shape without the batch axis, every dim known (the model's or ``input.shape``).
+
+    A clip of 1 or 3 channels keeps the image fields (channel order, scale, mean, std), applied to each
+    frame of the generated clips; a signal's probe is used as it is.
+    """
+    from ..errors import ModelError
+
+    declared = tuple(shape[1:]) if shape is not None else None
+    wanted = configured.shape
+    fits = declared is None or wanted is None
+    fits = fits or (len(declared) == len(wanted) and all(d is None or d == w for d, w in zip(declared, wanted)))
+    if not fits:
+        raise ModelError(f"{model}: input.shape {list(wanted)} does not fit the model's input {list(declared)}")  # type: ignore[arg-type]
+    dims = wanted or declared
+    if dims is None or any(d is None for d in dims):
+        given = f"has shape {['N', *(d if d is not None else '?' for d in declared)]}" if declared else "is a signal"
+        raise ModelError(
+            f"{model}: the model's input {given}: set models[].input.shape: [C, L] (signal) or [C, T, H, W] (clip)"
+        )
+    channels = configured.channels
+    if len(dims) == 4 and dims[0] in (1, 3):  # a clip of gray or colour frames: the image fields apply per frame
+        channels = channels or ("GRAY" if dims[0] == 1 else "RGB")
+        count = 1 if channels == "GRAY" else 3
+        mean, std = configured.mean or (0.0,), configured.std or (1.0,)
+        return InputSpec(
+            channels=channels,
+            scale=configured.scale,
+            mean=tuple(mean) * (count // len(mean)),
+            std=tuple(std) * (count // len(std)),
+            shape=tuple(int(d) for d in dims),  # type: ignore[arg-type]
+        )
+    return InputSpec(shape=tuple(int(d) for d in dims))  # type: ignore[arg-type]
+
+
+def sample_shape(spec: InputSpec) -> tuple[int, ...]:
+    """One model input's shape without the batch axis: an image's (C, H, W) or (H, W, C), a signal's or clip's own."""
+    if spec.shape is not None:
+        return tuple(spec.shape)
+    channels = 1 if spec.channels == "GRAY" else 3
+    height, width = spec.size  # type: ignore[misc]
+    return (channels, height, width) if spec.layout == "NCHW" else (height, width, channels)

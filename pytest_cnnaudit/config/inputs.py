@@ -29,9 +29,27 @@ class InputSpec:
     std: tuple[float, ...] | None = field(
         default=None, metadata=_doc("per-channel std divided by, in the model's channel order and scale")
     )
+    shape: tuple[int, ...] | None = field(
+        default=None,
+        metadata=_doc(
+            "a signal or clip input's shape without the batch axis: [C, L] (Conv1d) or [C, T, H, W] (Conv3d); "
+            "unset: read from the model (image inputs use size)",
+            1,
+            None,
+        ),
+    )
 
     def __post_init__(self) -> None:
         _check(self.std is None or all(s > 0 for s in self.std), "std", "every std must be > 0")
+        if self.shape is not None:
+            _check(
+                len(self.shape) in (2, 4), "shape", f"got {len(self.shape)} dimensions, expected [C, L] or [C, T, H, W]"
+            )
+            _check(
+                self.size is None and self.layout is None,
+                "shape",
+                "a signal or clip input has a shape, not size/layout",
+            )
         if self.mean is not None and self.std is not None:
             _check(len(self.mean) == len(self.std), "std", f"mean has {len(self.mean)} values, std {len(self.std)}")
         for key, values in (("mean", self.mean), ("std", self.std)):
@@ -55,7 +73,11 @@ class ProbeConfig:
     """The probe images run through every model once."""
 
     images: str | None = field(
-        default=None, metadata=_doc("folder of images or (N, H, W, 3) .npy; default: the shipped photographs")
+        default=None,
+        metadata=_doc(
+            "folder of images or (N, H, W, 3) .npy; for a signal or clip model, a (N, *input.shape) .npy fed as "
+            "it is; default: the shipped photographs (signal and clip models: see README)"
+        ),
     )
     count: int = field(
         default=32,

@@ -58,6 +58,6 @@ class Pictures:
     """Everything the HTML report draws beyond the JSON report, for one model."""
 
     probe_index: int
-    probe_image: EncodedArray  # (h, w, 3)
+    probe_image: EncodedArray | None  # (h, w, 3); None for a signal or clip model
     filters: FilterTiles | None
     maps: tuple[LayerMaps, ...]

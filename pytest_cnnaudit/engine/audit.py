@@ -15,6 +15,7 @@ from typing import Any
 
 from ..checks import CHECKS
 from ..checks.layers import unmeasurable_reason
+from ..config.inputs import InputSpec
 from ..config.loading import load_config
 from ..config.model import AuditConfig, ModelSpec
 from ..document import (
@@ -34,15 +35,20 @@ from .measure import fit_batch_size, measure
 from .pictures import picture_payload
 from .planning import OpenedModel, model_name, named, open_or_reason, planned_items
 from .probes import ProbeSet, default_probe_set, user_probe_set
+from .signals import SignalProbeSet, signal_probe_set
 from .stats import TOP_IMAGES, ChannelStats
 
 
-def probe_set_for(config: AuditConfig, size: tuple[int, int]) -> ProbeSet:
-    """The configured probe images at the model's input size."""
+def probe_set_for(config: AuditConfig, spec: InputSpec) -> ProbeSet | SignalProbeSet:
+    """The configured probe images at the model's input size (or a signal or clip model's probes)."""
     probe = config.probe
-    if probe.images is None:
+    images = config.base_dir / probe.images if probe.images is not None else None
+    if spec.shape is not None:
+        return signal_probe_set(spec, images, probe.count, probe.seed)
+    size = spec.size or (1, 1)
+    if images is None:
         return default_probe_set(size, probe.count, probe.seed)
-    return user_probe_set(config.base_dir / probe.images, size, probe.count, probe.seed, probe.augment)
+    return user_probe_set(images, size, probe.count, probe.seed, probe.augment)
 
 
 def load_error_document(name: str, message: str, spec: ModelSpec | None = None) -> ModelDocument:
@@ -149,7 +155,7 @@ class MainPass:
 def measure_model(opened: OpenedModel, top_images: int = TOP_IMAGES, progress: Progress | None = None) -> MainPass:
     """Run the probe set through the open model once; raises :class:`CnnAuditError` when it cannot be measured."""
     config, backend = opened.config, opened.backend
-    probes = probe_set_for(config, backend.input_spec.size)  # type: ignore[arg-type]
+    probes = probe_set_for(config, backend.input_spec)
     batch_size = fit_batch_size(backend, probes, config.probe.batch_size, config.runtime.memory_budget_mb)
     by_tensor = measure(backend, probes, batch_size, config.probe.zero_eps, progress, top_images)
     stats = {info.id: by_tensor[info.tensor] for info in backend.layers if info.tensor in by_tensor}

@@ -135,11 +135,15 @@ def _layer_maps(layer_id: str, role: str, maps: np.ndarray, dead: tuple[int, ...
 
 def picture_payload(context: AuditContext) -> Pictures:
     """Everything the HTML report draws beyond the JSON report, for one model."""
-    image = context.probes.image(PROBE_INDEX)
-    small = np.round(block_mean(np.moveaxis(image, -1, 0), IMAGE_SIDE) * 255).transpose(1, 2, 0)
+    shown = None
+    if context.backend.input_spec.shape is None:  # an image (a signal or clip probe has no picture of its own)
+        image = context.probes.image(PROBE_INDEX)
+        shown = EncodedArray.encode(
+            np.round(block_mean(np.moveaxis(image, -1, 0), IMAGE_SIDE) * 255).transpose(1, 2, 0)
+        )
     first = context.backend.first_conv()
     filters = None
     if first is not None and first.weight.ndim == 4:
         tiles = filter_tiles(first.weight, context.backend.input_spec)
         filters = FilterTiles(first.layer_id, int(first.weight.shape[0]), EncodedArray.encode(tiles))
-    return Pictures(PROBE_INDEX, EncodedArray.encode(small), filters, activation_maps(context))
+    return Pictures(PROBE_INDEX, shown, filters, activation_maps(context))

@@ -300,7 +300,10 @@ def grayscale(images: np.ndarray) -> np.ndarray:
 
 def to_model_input(images: np.ndarray, spec: InputSpec) -> np.ndarray:
     """Turn (N, H, W, 3) RGB in [0, 1] into the model's input: channel order, scale,
-    mean/std (given in the model's channel order, on its scale) and layout."""
+    mean/std (given in the model's channel order, on its scale) and layout. A signal or clip
+    model's probes (:mod:`.signals`) are model input already: passed through."""
+    if spec.shape is not None:
+        return np.ascontiguousarray(images, dtype=np.float32)
     if spec.channels == "GRAY":
         pixels = (images @ LUMA)[..., None]
     elif spec.channels == "BGR":

@@ -233,6 +233,7 @@ def _colour_map() -> Any:
 
 
 def probe_image(pictures: Pictures) -> Figure:
+    assert pictures.probe_image is not None
     image = pictures.probe_image.decode()
     figure = Figure(figsize=(1.6, 1.75))
     axes = figure.add_axes((0.02, 0.02, 0.96, 0.84))

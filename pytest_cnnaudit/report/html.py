@@ -144,7 +144,7 @@ def _sparsity_section(document: ModelDocument) -> str:
 
 
 def _maps_figures(pictures: Pictures) -> str:
-    maps = [_figure(probe_image(pictures), "The probe image.", "probe image")]
+    maps = [_figure(probe_image(pictures), "The probe image.", "probe image")] if pictures.probe_image else []
     for entry in pictures.maps:
         shown = len(entry.channels)
         of = f"{shown} of {entry.total_channels} channels" if shown < entry.total_channels else f"{shown} channels"

@@ -179,7 +179,7 @@ class _Writer:
                 self.add(f"    {key}: {flow(getattr(spec, key))}")
         if document.input is not None:
             self.add(
-                f"    input: {flow(dataclasses.asdict(document.input))}",
+                f"    input: {flow({key: value for key, value in dataclasses.asdict(document.input).items() if value is not None})}",
                 "the input the audit used: size, layout and channels from the model file unless configured;\n"
                 "scale, mean and std from the config in use (defaults 1, 0, 1): check them against the model's "
                 "preprocessing",

@@ -36,7 +36,6 @@ INPUT_TYPES = {
     onnx.TensorProto.UINT8: np.dtype(np.uint8),
 }
 #: Inputs of networks that are not image CNNs, by their number of dimensions.
-NON_IMAGE_INPUTS = {3: "a Conv1d network on (N, C, L) signals", 5: "a Conv3d network on (N, C, T, H, W) clips"}
 
 
 def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
@@ -86,16 +85,8 @@ def _input_dtype(value: onnx.ValueInfoProto, path: Path) -> np.dtype:
     return INPUT_TYPES[elem_type]
 
 
-def _refuse_non_image(shape: tuple[int | None, ...] | None, path: Path) -> None:
-    if shape is not None and len(shape) in NON_IMAGE_INPUTS:
-        raise ModelError(
-            f"{path}: the input has shape {['?' if d is None else d for d in shape]}, {NON_IMAGE_INPUTS[len(shape)]}; "
-            "cnnaudit's probes are images, expected 4 dimensions (N, C, H, W); probes of signals or clips are not supported yet"
-        )
-
-
 def _check_uint8_spec(spec: InputSpec, path: Path) -> None:
-    if spec.scale != 255 or any(m != 0 for m in spec.mean) or any(s != 1 for s in spec.std):
+    if spec.scale != 255 or any(m != 0 for m in spec.mean or ()) or any(s != 1 for s in spec.std or ()):
         raise ModelError(
             f"{path}: the image input is uint8 pixels; set models[].input.scale: 255 and leave mean/std unset"
         )
@@ -117,7 +108,6 @@ class OnnxBackend:
             raise ModelError(f"{path}: expected one image input, found {len(inputs)} ({names})")
         self.input_name = inputs[0].name
         shape = _input_shape(inputs[0]) or None  # a model may declare no input shape at all
-        _refuse_non_image(shape, path)
         self.input_dtype = _input_dtype(inputs[0], path)
         self.fixed_batch = shape[0] if shape else None
         self.input_spec = resolve_input_spec(configured, shape, str(path))

@@ -11,7 +11,7 @@ import torch
 
 from ...config.model import InputSpec
 from ...errors import ModelError
-from ..base import ActivationSink, FirstConv, check_finite_outputs, resolve_input_spec
+from ..base import ActivationSink, FirstConv, check_finite_outputs, resolve_input_spec, sample_shape
 from .graph import CONV_TARGETS, batch_norm_scale, export_graph, getattr_path, instrument, layer_id, weight_name
 
 
@@ -35,7 +35,7 @@ class TorchBackend:
         self.name = name
         self.notes = notes
         self.input_spec = resolve_input_spec(configured, self._declared_shape(model), name)
-        example = torch.zeros((batch_size, *self._chw()), dtype=torch.float32)
+        example = torch.zeros((batch_size, *sample_shape(self.input_spec)), dtype=torch.float32)
         self.graph_module, self.fixed_batch = export_graph(model, example, name)
         self._sink: ActivationSink | None = None
         self.layers = instrument(self.graph_module, self._record)
@@ -68,12 +68,6 @@ class TorchBackend:
                     if value is not None:
                         return (None, *(int(d) if isinstance(d, int) else None for d in value.shape[1:]))
         return None
-
-    def _chw(self) -> tuple[int, int, int]:
-        spec = self.input_spec
-        channels = 1 if spec.channels == "GRAY" else 3
-        height, width = spec.size  # type: ignore[misc]
-        return (channels, height, width) if spec.layout == "NCHW" else (height, width, channels)
 
     def _record(self, key: str, activation: torch.Tensor) -> None:
         if self._sink is not None:

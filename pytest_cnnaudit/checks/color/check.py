@@ -34,6 +34,8 @@ from .measures import (
 from .passes import first_conv_id, gray_pass, pattern_pass
 from .verdicts import CHECK, check_first_layer, check_layer_bound, combine
 
+NOT_AN_IMAGE_REASON = "the model's input is a signal or a clip, not an RGB image: colour sensitivity does not apply"
+
 
 def _bounds_for(bounds: tuple[LayerColorBound, ...], layer_id: str) -> list[LayerColorBound]:
     return [bound for bound in bounds if fnmatch.fnmatchcase(layer_id, bound.match)]
@@ -61,6 +63,8 @@ class ColorChecker:
         planned = [layer for layer in self.plan(model) if layer is not None]
         if not (planned or model.checks_for().color.enabled):
             return CheckResult([])
+        if model.layout.input.shape is not None:
+            return CheckResult([Verdict(CHECK, layer_id, "skipped", NOT_AN_IMAGE_REASON) for layer_id in planned])
         if model.layout.input.channels == "GRAY":
             return CheckResult([Verdict(CHECK, layer_id, "skipped", GRAY_INPUT_REASON) for layer_id in planned])
         csi, gray_images = self._csi(context)

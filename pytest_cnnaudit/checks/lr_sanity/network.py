@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...backends.base import ActivationSink, LayerInfo
+from ...backends.base import ActivationSink, LayerInfo, sample_shape
 from ...backends.onnx import load_onnx_model
 from ...backends.onnx.graph import OnnxGraph, conv_layers
 from ...backends.torch import TorchBackend, export_graph, getattr_path, instrument, load_torch_module
@@ -179,10 +179,7 @@ def _fresh_copy(context: AuditContext) -> Any:
 
 
 def _example(spec: InputSpec, batch: int) -> torch.Tensor:
-    channels = 1 if spec.channels == "GRAY" else 3
-    height, width = spec.size  # type: ignore[misc]
-    shape = (channels, height, width) if spec.layout == "NCHW" else (height, width, channels)
-    return torch.zeros((batch, *shape), dtype=torch.float32)
+    return torch.zeros((batch, *sample_shape(spec)), dtype=torch.float32)
 
 
 def torch_network(context: AuditContext, batch_size: int) -> ProbeNetwork:
