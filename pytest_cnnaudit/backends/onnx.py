@@ -17,8 +17,9 @@ import onnx
 
 from ..config import InputSpec
 from ..errors import ModelError
-from .base import ActivationSink, FirstConv, check_finite_outputs, resolve_input_spec
+from .base import ActivationSink, FirstConv, ModelGraph, check_finite_outputs, resolve_input_spec
 from .onnx_graph import OnnxGraph, batch_norm_scale, conv_layers, first_conv_node
+from .onnx_tensors import layer_tensors
 
 
 def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
@@ -81,6 +82,7 @@ class OnnxBackend:
             raise ModelError(f"{path}: the model has no Conv or ConvTranspose layer, so there is nothing to audit")
         self._model, self._threads = model, threads
         self._session_handle: Any = None
+        self._added_outputs = 0  # activations appended to the graph's outputs when the session was made
 
     @property
     def session(self) -> Any:
@@ -96,6 +98,7 @@ class OnnxBackend:
         for tensor in self.channel_axes:
             if tensor not in existing:
                 model.graph.output.append(onnx.ValueInfoProto(name=tensor))
+                self._added_outputs += 1
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads:
@@ -130,6 +133,14 @@ class OnnxBackend:
         if scale is not None:
             weight = weight * scale.reshape(-1, 1, 1, 1)
         return FirstConv(layer_id=layer.id, weight=weight.astype(np.float32))
+
+    def model_graph(self) -> ModelGraph:
+        """A copy of the model without the measured activations added as outputs."""
+        model = onnx.ModelProto()
+        model.CopyFrom(self.graph.model)
+        del model.graph.output[len(model.graph.output) - self._added_outputs :]
+        tensors = layer_tensors(OnnxGraph(model), self.layers, self.channel_axes)
+        return ModelGraph("onnx", model, tensors, self.fixed_batch)
 
     def close(self) -> None:
         self._session_handle = None

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .dead_filters import DeadFiltersCheck
+
 
 def _doc(text: str, low: float | None = None, high: float | None = None, **extra: Any) -> dict[str, Any]:
     return {"doc": text, "low": low, "high": high, **extra}
@@ -100,24 +102,6 @@ class SparsityCheck:
 
     def __post_init__(self) -> None:
         _check(self.min <= self.max, "min", f"min {self.min} > max {self.max}")
-
-
-@dataclass(frozen=True)
-class DeadFiltersCheck:
-    """No layer has more never-active channels than allowed.
-
-    Defaults: trained ImageNet CNNs have 0.3-10% never-active channels overall, so
-    "none at all" is a team's choice (``max_count: 0``), not a default; 25% per layer
-    is beyond what those networks show and catches a collapsed layer.
-    """
-
-    enabled: bool = field(default=True, metadata=_doc("run this check"))
-    max_count: int | None = field(default=None, metadata=_doc("most dead channels allowed per layer", 0, None))
-    max_fraction: float = field(default=0.25, metadata=_doc("largest dead fraction allowed per layer", 0.0, 1.0))
-    allow_unmeasured: bool = field(
-        default=False,
-        metadata=_doc("pass (as skipped) a model none of whose layers can be measured, instead of failing it"),
-    )
 
 
 @dataclass(frozen=True)

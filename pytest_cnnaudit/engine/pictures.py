@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..checks.color.measures import effective_rgb_weights
-from ..document.pictures import EncodedArray, FilterTiles, LayerMaps, Pictures
+from ..document.pictures import EncodedArray, FilterTiles, LayerMaps, Pictures, WitnessPicture
 from .check import AuditContext
 from .measure import run_padded
 from .probes import to_model_input
@@ -31,6 +31,9 @@ MAP_SIDE = 32
 IMAGE_SIDE = 128
 #: The probe image whose activation maps are shown.
 PROBE_INDEX = 0
+#: Revivable channels shown (the first ones, in layer order), and the side their images are reduced to.
+MAX_WITNESSES = 8
+WITNESS_SIDE = 96
 
 
 def to_uint8(values: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
@@ -133,13 +136,42 @@ def _layer_maps(layer_id: str, role: str, maps: np.ndarray, dead: tuple[int, ...
     )
 
 
-def picture_payload(context: AuditContext) -> Pictures:
-    """Everything the HTML report draws beyond the JSON report, for one model."""
+def _small_image(image: np.ndarray, side: int) -> EncodedArray:
+    """(H, W, 3) RGB in [0, 1], block-averaged to at most ``side`` pixels a side, as uint8."""
+    return EncodedArray.encode(np.round(block_mean(np.moveaxis(image, -1, 0), side) * 255).transpose(1, 2, 0))
+
+
+def witness_pictures(context: AuditContext, witnesses: Any) -> tuple[WitnessPicture, ...]:
+    """The first :data:`MAX_WITNESSES` witnesses a check found (``dead_filters``'s picture material)."""
+    pictures = []
+    for witness in list(witnesses)[:MAX_WITNESSES]:
+        active = np.maximum(np.asarray(witness.preactivation_map, dtype=np.float64), 0.0)
+        if active.ndim == 1:  # a 1-d conv's map
+            active = active[None, :]
+        pictures.append(
+            WitnessPicture(
+                layer=witness.target.layer_id,
+                channel=witness.target.channel,
+                start_image=witness.start_image,
+                steps=witness.steps,
+                preactivation=witness.preactivation,
+                start=_small_image(context.probes.image(witness.start_image), WITNESS_SIDE),
+                witness=_small_image(witness.pixels, WITNESS_SIDE),
+                activation=EncodedArray.encode(to_uint8(block_mean(active, MAP_SIDE), axes=(0, 1))),
+                size=tuple(int(n) for n in active.shape),
+            )
+        )
+    return tuple(pictures)
+
+
+def picture_payload(context: AuditContext, material: dict[str, Any] | None = None) -> Pictures:
+    """Everything the HTML report draws beyond the JSON report, for one model; ``material`` is what the
+    checks found for it (``witnesses``)."""
     image = context.probes.image(PROBE_INDEX)
-    small = np.round(block_mean(np.moveaxis(image, -1, 0), IMAGE_SIDE) * 255).transpose(1, 2, 0)
     first = context.backend.first_conv()
     filters = None
     if first is not None and first.weight.ndim == 4:
         tiles = filter_tiles(first.weight, context.backend.input_spec)
         filters = FilterTiles(first.layer_id, int(first.weight.shape[0]), EncodedArray.encode(tiles))
-    return Pictures(PROBE_INDEX, EncodedArray.encode(small), filters, activation_maps(context))
+    witnesses = witness_pictures(context, (material or {}).get("witnesses", ()))
+    return Pictures(PROBE_INDEX, _small_image(image, IMAGE_SIDE), filters, activation_maps(context), witnesses)
