@@ -155,6 +155,41 @@ def test_monotone_or_affine_op_bounds_are_attained(name: str) -> None:
     assert np.allclose(np.maximum(values[0], values[1]), bounds.upper[0], atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "attributes",
+    [
+        "strides = [2, 2]",
+        "strides = [2, 2], pads = [1, 0, 1, 2], output_padding = [1, 0]",
+        "group = 3, dilations = [2, 1]",
+        'strides = [2, 2], auto_pad = "SAME_UPPER"',
+    ],
+)
+def test_conv_transpose_bounds_contain_runtime_values_and_match_the_reference(attributes: str) -> None:
+    """The numpy transposed convolution against onnxruntime: every value in the box lies within the bounds,
+    and the box's centre maps to the bounds' midpoint (a linear layer's bounds are symmetric around it)."""
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N, 3, 5, 6] x, float[3, 2, 3, 3] w, float[{outputs}] b) => (float y) {
+        y = ConvTranspose<{attributes}>(x, w, b)
+    }
+    """.replace("{attributes}", attributes)
+    outputs = 6 if "group = 3" in attributes else 2  # weight (in, out / group, kh, kw)
+    model = onnx.parser.parse_model(text.replace("{outputs}", str(outputs)))
+    rng = np.random.default_rng(4)
+    weight, bias = rng.normal(0, 1, (3, 2, 3, 3)), rng.normal(0, 1, outputs)
+    model.graph.initializer.extend(
+        [numpy_helper.from_array(weight.astype(np.float32), "w"), numpy_helper.from_array(bias.astype(np.float32), "b")]
+    )
+    del model.graph.input[1:]
+    onnx.checker.check_model(model)
+    low = rng.uniform(-2, 0, (3, 5, 6))
+    high = low + rng.uniform(0, 2, (3, 5, 6))
+    bounds = propagate(model, {"x": Bounds(low[None], high[None])})["y"]
+    assert_contains(bounds, runtime_values(model, ["y"], box_samples(low, high, 200, seed=5))["y"], attributes)
+    centre = runtime_values(model, ["y"], ((low + high) / 2)[None])["y"]
+    assert np.allclose(bounds.center, centre, atol=1e-4)
+
+
 def test_an_op_without_a_rule_stops_the_proof_for_what_depends_on_it() -> None:
     model = single_op_model(
         "w = Constant<value = float[2,3,1,1] {1.0, 1.0, 1.0, -1.0, -1.0, -1.0}>()\n"
@@ -266,14 +301,16 @@ def test_torch_and_onnx_evaluators_agree(torchvision_network: torch.nn.Module, t
     torch_backend = TorchBackend(torchvision_network, "module", spec, "net", 2)
     onnx_backend = OnnxBackend(export(torchvision_network, tmp_path / "m.onnx", SIZE, names_from_modules=False), spec)
     kinds = {layer.id: layer.activation for layer in torch_backend.layers}
-    from_torch = certify(torch_backend.model_graph(), spec, kinds).layers
+    torch_graph = torch_backend.model_graph()
+    from_torch = certify(torch_graph, spec, kinds).layers
     from_onnx = certify(onnx_backend.model_graph(), spec, {layer.id: layer.activation for layer in onnx_backend.layers})
     assert len(from_onnx.layers) == len(from_torch)
     pairs = list(zip(from_torch.values(), from_onnx.layers.values()))
     compared = 0
     for depth, (torch_layer, onnx_layer) in enumerate(pairs, start=1):
-        if torch_layer.upper is None or onnx_layer.upper is None:
-            continue  # a linear projection: ONNX folds its BatchNorm, torch's conv output precedes it
+        if torch_graph.layers[torch_layer.layer_id].preactivation is None:
+            continue  # a linear projection: ONNX folds its BatchNorm into the conv, torch bounds the conv alone
+        assert torch_layer.reached and onnx_layer.reached, onnx_layer.layer_id
         scale = np.abs(onnx_layer.upper).max()
         assert np.abs(onnx_layer.upper - torch_layer.upper).max() <= 1e-3 * depth * scale, onnx_layer.layer_id
         compared += 1

@@ -21,10 +21,13 @@ class DeadFiltersCheck:
     is beyond what those networks show and catches a collapsed layer. Every never-active
     channel counts (``evidence: probe``), whatever its evidence.
 
-    Evidence: the bound proof (``certify``) costs at most about one bare forward batch; the
-    witness search up to ``witness_steps`` forward-backward passes of ``witness_channels``
-    images. The example model high_lr's two dead channels revive after 22 and 24 steps, a
-    saturated-green filter after 15, so 32 steps find such channels with room to spare.
+    Evidence: the bound proof (``certify``) costs at most about one bare forward batch. The witness
+    search only names channels ``revivable`` (it never changes what counts): up to ``witness_steps``
+    forward-backward passes of ``witness_channels`` images, plus one pass of up to 64 probe images
+    to pick each channel's start. Measured: the example model high_lr's two dead channels revive
+    after 22 and 24 steps, a saturated-green filter after 15; in two trained PaddleOCR classifiers, 42 of
+    the 43 probe-dead channels searched revive, 41 within 7 steps (the slowest after 15). 16 channels keep
+    the search's worst case near 16 x 32 forward-backward passes of one image.
     ``certify``, ``witness_steps`` and ``witness_channels`` are read per model, not per layer.
     """
 
@@ -53,7 +56,7 @@ class DeadFiltersCheck:
         },
     )
     witness_channels: int = field(
-        default=32,
+        default=16,
         metadata={
             "doc": "most probe-dead channels searched per model (each layer's closest to firing first)",
             "low": 0,

@@ -12,7 +12,8 @@ A channel is provably dead when its upper bound, over every position, is at or b
 margin for the runtime's own float32 rounding, and its activation outputs at most 0 wherever
 its input is at most 0 (ReLU, ReLU6, Clip(0, ...), HardSwish, SiLU, GELU, Mish; not LeakyReLU or
 PReLU, whose slopes may be negative, nor the ELU family). A layer is *reached* when its
-pre-activation has finite bounds: past an op without a rule, the proof says nothing.
+pre-activation (its conv's output, when no activation follows) has finite bounds: past an op
+without a rule, or where the bounds overflow, the proof says nothing.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ class LayerCertificate:
     """What the input box proves about one conv layer."""
 
     layer_id: str
-    upper: np.ndarray | None  # (C,) highest pre-activation over the box and every position; None: not reached
+    # (C,) highest pre-activation (the conv's output when no activation follows) over the box and every
+    # position; None: not reached
+    upper: np.ndarray | None
     provably_dead: tuple[int, ...]
 
     @property
@@ -77,12 +80,14 @@ def dead_channels(lower: np.ndarray, upper: np.ndarray, axis: int) -> tuple[np.n
 
 
 def certify(graph: ModelGraph, spec: InputSpec, activations: dict[str, str | None]) -> Certificate:
-    """Bounds from the input box for every layer of ``graph`` whose pre-activation is known.
+    """Bounds from the input box for every layer of ``graph``.
 
     ``activations`` maps layer ids to their activation kind (``LayerInfo.activation``); only
-    the kinds in :data:`ZERO_AT_NON_POSITIVE` can be proved dead, every layer can be reached.
+    layers whose pre-activation is known and whose kind is in :data:`ZERO_AT_NON_POSITIVE` can
+    have channels proved dead; every layer can be reached.
     """
-    wanted = {layer.preactivation for layer in graph.layers.values() if layer.preactivation is not None}
+    bounded = {layer_id: layer.preactivation or layer.conv for layer_id, layer in graph.layers.items()}
+    wanted = set(bounded.values())
     lower, upper = input_box(spec, graph.fixed_batch or 1)
     with single_threaded_blas():
         if graph.kind == "onnx":
@@ -91,13 +96,13 @@ def certify(graph: ModelGraph, spec: InputSpec, activations: dict[str, str | Non
             bounds, stopped = _torch_bounds(graph, lower, upper, wanted)
     layers = {}
     for layer_id, tensors in graph.layers.items():
-        found = bounds.get(tensors.preactivation) if tensors.preactivation is not None else None
+        found = bounds.get(bounded[layer_id])
         if found is None or not (np.isfinite(found[0]).all() and np.isfinite(found[1]).all()):
             layers[layer_id] = LayerCertificate(layer_id, None, ())
             continue
         highest, dead = dead_channels(*found, tensors.channel_axis)
-        provable = dead if activations.get(layer_id) in ZERO_AT_NON_POSITIVE else ()
-        layers[layer_id] = LayerCertificate(layer_id, highest, provable)
+        provable = tensors.preactivation is not None and activations.get(layer_id) in ZERO_AT_NON_POSITIVE
+        layers[layer_id] = LayerCertificate(layer_id, highest, dead if provable else ())
     return Certificate(layers, stopped)
 
 

@@ -119,9 +119,55 @@ def _linear_by_reference(call: NodeCall, weight_index: int, bias_index: int | No
     return [Bounds.from_center(center, radius)]
 
 
+def conv_transpose2d(x: np.ndarray, weight: np.ndarray, strides, dilations, pads, output_padding, group: int):
+    """NCHW transposed convolution: per group one matrix product (C_out*kh*kw x C_in) @ (C_in x positions),
+    then each kernel offset's plane added at its strided place, then the pads cropped."""
+    batch, _, height, width = x.shape
+    group_in, per_group, kh, kw = weight.shape[0] // group, weight.shape[1], weight.shape[2], weight.shape[3]
+    (sh, sw), (dh, dw) = strides, dilations
+    full_h = sh * (height - 1) + (kh - 1) * dh + 1 + output_padding[0]
+    full_w = sw * (width - 1) + (kw - 1) * dw + 1 + output_padding[1]
+    out = np.zeros((batch, per_group * group, full_h, full_w), dtype=np.result_type(x, weight))
+    for g in range(group):
+        kernel = weight[g * group_in : (g + 1) * group_in].reshape(group_in, -1).T  # (per_group*kh*kw, C_in)
+        for n in range(batch):
+            planes = (kernel @ x[n, g * group_in : (g + 1) * group_in].reshape(group_in, -1)).reshape(
+                per_group, kh, kw, height, width
+            )
+            target = out[n, g * per_group : (g + 1) * per_group]
+            for i in range(kh):
+                for j in range(kw):
+                    target[
+                        :, i * dh : i * dh + sh * (height - 1) + 1 : sh, j * dw : j * dw + sw * (width - 1) + 1 : sw
+                    ] += planes[:, i, j]
+    (top, bottom), (left, right) = pads
+    return out[:, :, top : full_h - bottom, left : full_w - right]
+
+
 @rule("ConvTranspose")
 def _conv_transpose(call: NodeCall) -> list[Bounds | None]:
-    return _linear_by_reference(call, 1, 2)
+    """As :func:`conv_bounds`, in numpy; ``auto_pad`` and ``output_shape`` through the reference evaluator."""
+    x, weight, bias = call.inputs[0], call.constant(1), call.constant(2)
+    if x is None or weight is None or weight.ndim != 4:
+        return [None]
+    if call.attribute("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET") or call.attribute("output_shape"):
+        return _linear_by_reference(call, 1, 2)
+    pads = list(call.attribute("pads", [0] * 4))
+    geometry = (
+        list(call.attribute("strides", [1, 1])),
+        list(call.attribute("dilations", [1, 1])),
+        [(pads[0], pads[2]), (pads[1], pads[3])],
+        list(call.attribute("output_padding", [0, 0])),
+        int(call.attribute("group", 1)),  # type: ignore[arg-type]
+    )
+    gamma = rounding_allowance(int(np.prod(weight.shape[2:])) * weight.shape[0] // geometry[4] + 4)
+    weight32 = weight.astype(np.float32)
+    spread = (x.radius * (1 + 4 * UNIT_ROUNDOFF) + gamma * np.abs(x.center)).astype(np.float32)
+    center = conv_transpose2d(x.center.astype(np.float32), weight32, *geometry).astype(np.float64)
+    radius = conv_transpose2d(spread, np.abs(weight32), *geometry).astype(np.float64) * (1 + 2 * gamma)
+    if bias is not None:
+        center += as_float64(bias).reshape(1, -1, 1, 1)
+    return [Bounds.from_center(center, radius)]
 
 
 @rule("Gemm")

@@ -17,10 +17,11 @@ from collections.abc import Iterable
 import torch
 
 from ...backends.base import ModelGraph
+from ...errors import CnnAuditError
 from .witness import PreactivationNetwork
 
 
-class TorchFormUnavailable(Exception):
+class TorchFormUnavailable(CnnAuditError):
     """The model has no torch form the search can run; the message says why."""
 
 
@@ -29,14 +30,16 @@ class _AllRecorded(Exception):
 
 
 def preactivation_network(graph: ModelGraph, keys: Iterable[str]) -> tuple[PreactivationNetwork, str]:
-    """The network returning the tensors named in ``keys``, and what it is (for the report)."""
+    """The network returning the tensors named in ``keys`` (or those of them a call names), and what it is
+    (for the report)."""
     values: dict[str, torch.Tensor] = {}
     wanted = set(keys)
+    needed: set[str] = set()
 
     def record(key: str, value: torch.Tensor) -> None:
         values[key] = value.clone()
-        if len(values) == len(wanted):
-            raise _AllRecorded  # what follows the deepest tapped tensor is never needed: stop there
+        if needed <= values.keys():
+            raise _AllRecorded  # what follows the deepest tensor this pass needs is never used: stop there
 
     if graph.kind == "onnx":
         module, description = _converted(graph, wanted, record)
@@ -50,8 +53,10 @@ def preactivation_network(graph: ModelGraph, keys: Iterable[str]) -> tuple[Preac
     for parameter in module.parameters():
         parameter.requires_grad_(False)  # gradients are wanted for the input only
 
-    def network(inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+    def network(inputs: torch.Tensor, keys: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
         values.clear()
+        needed.clear()
+        needed.update(wanted if keys is None else keys)
         try:
             module(inputs)
         except _AllRecorded:
@@ -61,7 +66,7 @@ def preactivation_network(graph: ModelGraph, keys: Iterable[str]) -> tuple[Preac
             raise TorchFormUnavailable(
                 f"the torch form failed on a batch of shape {list(inputs.shape)}: {text}"
             ) from None
-        missing = wanted - set(values)
+        missing = needed - set(values)
         if missing:
             raise TorchFormUnavailable(f"the torch form computes no tensor named {sorted(missing)[0]!r}")
         return dict(values)

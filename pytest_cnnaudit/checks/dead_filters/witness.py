@@ -27,8 +27,8 @@ import torch
 from ...config.model import InputSpec
 from ...engine.probes import LUMA
 
-#: Model input -> pre-activation tensors by key (ONNX tensor name, or fx node name).
-PreactivationNetwork = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+#: (model input, the keys this pass needs) -> pre-activation tensors by key (ONNX tensor name, or fx node name).
+PreactivationNetwork = Callable[[torch.Tensor, Iterable[str]], dict[str, torch.Tensor]]
 #: The first step in pixel units (pixels lie in [0, 1]); halved on every step that does not improve.
 STEP_SIZE = 1 / 16
 #: A channel fires when its pre-activation exceeds 0 by this much (the runtime confirms it).
@@ -76,7 +76,7 @@ class RowRunner:
             rows = pixels[start : start + size].detach().requires_grad_(gradient)
             real = rows.shape[0]
             with torch.set_grad_enabled(gradient):
-                outputs = self.outputs(rows)
+                outputs = self.outputs(rows, {t.key for t in targets[start : start + real]})
                 picked = [_channel_map(outputs[t.key], i, t) for i, t in enumerate(targets[start : start + real])]
                 objective = torch.stack([value.amax() for value in picked])
             if gradient:
@@ -86,13 +86,13 @@ class RowRunner:
             maps.extend(value.detach() for value in picked)
         return torch.cat(values), maps, (torch.cat(gradients) if gradient else None)
 
-    def outputs(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The network's pre-activations for (N, H, W, 3) pixels; a fixed-batch graph gets copies of the last
-        row appended (their outputs follow the real rows')."""
+    def outputs(self, rows: torch.Tensor, keys: Iterable[str]) -> dict[str, torch.Tensor]:
+        """The pre-activations named in ``keys`` for (N, H, W, 3) pixels; a fixed-batch graph gets copies of
+        the last row appended (their outputs follow the real rows')."""
         real = rows.shape[0]
         if self.fixed_batch is not None and real < self.fixed_batch:
             rows = torch.cat([rows, rows[-1:].expand(self.fixed_batch - real, *rows.shape[1:])])
-        return self.network(model_input(rows, self.spec))
+        return self.network(model_input(rows, self.spec), keys)
 
 
 def _channel_map(value: torch.Tensor, row: int, target: Target) -> torch.Tensor:
@@ -125,7 +125,7 @@ def nearest_to_firing(
     seen = 0
     for batch in batches:
         with torch.no_grad():
-            outputs = runner.outputs(torch.from_numpy(np.ascontiguousarray(batch)))
+            outputs = runner.outputs(torch.from_numpy(np.ascontiguousarray(batch)), {key for key, _, _ in keys})
         maxima = {}
         for key, channel, axis in keys:
             moved = outputs[key].movedim(axis, 1)[: len(batch), channel]

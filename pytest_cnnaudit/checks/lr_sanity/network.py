@@ -243,6 +243,24 @@ def tap_onnx_tensors(
     module.recompile()
 
 
+def constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose ``Constant`` tensors are initializers: onnx2torch reads a conv's weights
+    from the initializers only, and exporters such as Paddle's write them as ``Constant`` nodes."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    kept = []
+    for node in copy.graph.node:
+        value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
+        if value is None:
+            kept.append(node)
+            continue
+        value.name = node.output[0]
+        copy.graph.initializer.append(value)
+    del copy.graph.node[:]
+    copy.graph.node.extend(kept)
+    return copy
+
+
 def converted_onnx(model: onnx.ModelProto) -> torch.fx.GraphModule:
     """onnx2torch's conversion of ``model``, each module mapped to its ONNX tensors (``onnx_mapping``)."""
     try:
@@ -250,7 +268,7 @@ def converted_onnx(model: onnx.ModelProto) -> torch.fx.GraphModule:
     except ImportError:
         raise ProbeUnavailable("a torch form of an ONNX model needs onnx2torch (pip install onnx2torch)") from None
     try:
-        return onnx2torch.convert(model, attach_onnx_mapping=True)
+        return onnx2torch.convert(constants_as_initializers(model), attach_onnx_mapping=True)
     except Exception as exc:
         raise ProbeUnavailable(f"onnx2torch cannot convert the model to torch: {first_line(exc)}") from None
 
