@@ -141,18 +141,21 @@ def evidence_chart(rows: list[Verdict]) -> Figure:
 
 
 def witness_grid(witnesses: tuple[WitnessPicture, ...]) -> Figure:
-    """Per revivable channel: the probe image the search started from, the witness it found, and the
-    channel's activation on the witness (scaled to its own maximum)."""
-    figure = Figure(figsize=(5.4, 1.9 * len(witnesses) + 0.2))
-    grid = figure.subplots(len(witnesses), 3, squeeze=False)
+    """Per revivable channel: the probe image the search started from, the witness it found, where the two
+    differ (the largest change white), and the channel's activation on the witness (scaled to its maximum)."""
+    figure = Figure(figsize=(7.2, 1.9 * len(witnesses) + 0.2))
+    grid = figure.subplots(len(witnesses), 4, squeeze=False)
     for row, witness in zip(grid, witnesses):
         start, found = witness.start.decode(), witness.witness.decode()
+        change = np.abs(found.astype(float) - start.astype(float)).sum(axis=2)
         row[0].imshow(start, interpolation="nearest")
         row[0].set_title(f"probe image {witness.start_image}", fontsize=8)
         row[1].imshow(found, interpolation="nearest")
         row[1].set_title(f"witness ({witness.steps} steps)", fontsize=8)
-        row[2].imshow(witness.activation.decode(), cmap=_colour_map(), vmin=0, vmax=255, interpolation="nearest")
-        row[2].set_title(f"{_short(witness.layer, 16)} ch {witness.channel}: {witness.preactivation:.3g}", fontsize=8)
+        row[2].imshow(change, cmap="gray", vmin=0, vmax=max(float(change.max()), 1.0), interpolation="nearest")
+        row[2].set_title("change", fontsize=8)
+        row[3].imshow(witness.activation.decode(), cmap=_colour_map(), vmin=0, vmax=255, interpolation="nearest")
+        row[3].set_title(f"{_short(witness.layer, 16)} ch {witness.channel}: {witness.preactivation:.3g}", fontsize=8)
         for axes in row:
             axes.set_axis_off()
     figure.subplots_adjust(left=0.02, right=0.98, top=1 - 0.35 / figure.get_size_inches()[1], bottom=0.02, hspace=0.3)

@@ -184,8 +184,9 @@ def _dead_section(document: ModelDocument, pictures: Pictures | None) -> str:
     if pictures is not None and pictures.witnesses:
         caption = (
             "Revivable channels: the probe image the search started from, the witness it found (pixels kept in "
-            "[0, 1]), and the channel's activation on the witness, scaled to its own maximum; above it, the "
-            "channel's highest pre-activation. The audited runtime confirms each witness."
+            "[0, 1]), where they differ (white: the largest change), and the channel's activation on the witness, "
+            "scaled to its own maximum; above it, the channel's highest pre-activation. The audited runtime "
+            "confirms each witness."
         )
         parts.append(_figure(witness_grid(pictures.witnesses), caption, "witnesses of revivable channels"))
     if pictures is not None and pictures.maps:

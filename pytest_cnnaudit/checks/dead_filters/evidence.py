@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # the witness search imports torch, which an ONNX audit witho
 
 PROVABLE, REVIVABLE, PROBE = "provable", "revivable", "probe"
 #: Probe images ranked by pre-activation to pick each searched channel's start image.
-RANKING_IMAGES = 64
+RANKING_IMAGES = 16
 #: Rows per forward-backward pass of the witness search (fewer when the probe batch size is smaller).
 SEARCH_BATCH = 8
 

@@ -33,6 +33,9 @@ PreactivationNetwork = Callable[[torch.Tensor, Iterable[str]], dict[str, torch.T
 STEP_SIZE = 1 / 16
 #: A channel fires when its pre-activation exceeds 0 by this much (the runtime confirms it).
 MARGIN = 1e-3
+#: A row whose step has halved below this (a quarter of an 8-bit grey level), or whose gradient is zero, has
+#: nowhere left to go: it stops searching.
+MIN_STEP = 1 / 1024
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,8 @@ def search_witnesses(
         for row, position in zip(rows.tolist(), torch.nonzero(improved).flatten().tolist()):
             best_maps[row] = maps[position]
         sizes[active[~improved]] /= 2
-        active = active[best[active] <= MARGIN]
+        stuck = (sizes[active].flatten() < MIN_STEP) | (best_gradient[active].flatten(1).abs().amax(dim=1) == 0)
+        active = active[(best[active] <= MARGIN) & ~stuck]
         if len(active) == 0 or step == steps:
             break
         taken[active] += 1
