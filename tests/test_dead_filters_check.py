@@ -179,3 +179,17 @@ def test_init_writes_the_evidence_it_used(pytester: pytest.Pytester) -> None:
     assert "# conv1: dead channels in green.onnx [1]" in text
     again = pytester.runpytest("--cnnaudit", "--cnnaudit-config", "start.yaml", "-p", "no:xdist")
     again.assert_outcomes(passed=5)
+
+
+def test_witness_channels_bounds_the_search_and_the_rest_stay_probe(tmp_path: Path) -> None:
+    """high_lr's conv3 channels 11 and 29 both revive (after 24 and 22 steps); searching one, the one
+    closest to firing on the probe set gets its witness and the other stays probe, with a note."""
+    examples = Path(__file__).resolve().parent.parent / "example_models"
+    (tmp_path / "cnnaudit.yaml").write_text(
+        "runtime: {isolate: false}\nchecks: {dead_filters: {witness_channels: 1}}\n"
+    )
+    model = pytest_cnnaudit.audit(examples / "high_lr.onnx", tmp_path / "cnnaudit.yaml").models[0]
+    figures = model.verdict("dead_filters", "conv3").figures
+    assert figures.dead_channels == (11, 29) and sorted(figures.evidence) == ["probe", "revivable"]
+    assert model.dead_evidence.searched == 1
+    assert model.dead_evidence.notes == ("1 probe-dead channel(s) not searched (witness_channels 1)",)

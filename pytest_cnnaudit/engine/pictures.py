@@ -1,15 +1,17 @@
 """Capture the HTML report's picture data (:mod:`pytest_cnnaudit.document.pictures`) in the measuring process.
 
-The HTML report shows the first conv layer's filters and one probe image's activation maps at
-the first conv layer and at a deep layer. Those need weights and activations that the JSON
+The HTML report shows the first conv layer's filters, one probe image's activation maps at
+the first conv layer and at a deep layer, and each revivable dead channel's witness (the image the
+dead-filter check's search found, beside the probe image it started from, and the channel's map on
+it). Those need weights and activations that the JSON
 report leaves out on purpose (it stays small and byte-identical), so they are captured here,
 beside the audit, when ``--cnnaudit-html`` or pytest-html's ``--html`` is given, and travel next
 to the model's document, never inside it.
 
 What is kept is already display-ready and small: uint8 arrays (each filter, each activation
 map normalised to [0, 255]), a pure function of the model and the probe set (deterministic). Sizes are capped: 256 first-layer filters, 64 channels per layer, each
-map block-averaged to at most 32x32, the probe image to at most 128 pixels: 50 KB of text for a
-3-layer CNN at 64x64, a few hundred KB at most.
+map block-averaged to at most 32x32, the probe image to at most 128 pixels, 8 witnesses at most
+96 pixels: 50 KB of text for a 3-layer CNN at 64x64, a few hundred KB at most.
 """
 
 from __future__ import annotations

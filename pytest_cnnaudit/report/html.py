@@ -4,7 +4,8 @@ A pure builder from the audit documents (with pytest's outcomes) and their pictu
 gathered on the controller, so a serial and an xdist run give the same page. Per model: the
 verdict table (failures first), then a section per check with its pictures (:mod:`.charts`):
 per-layer sparsity and dead-fraction charts with their limits drawn in, one probe image's
-activation maps at the first conv and at a deep layer (dead channels framed), the first conv's
+activation maps at the first conv and at a deep layer (dead channels framed), the dead channels by
+evidence with their cost and the revivable ones' witnesses, the first conv's
 filters as RGB tiles (colour-selective ones framed), the colour profile across depth, and the
 learning-rate sweep when there is one. Pictures are inlined as PNG data URIs; the page has no
 script and no external asset, so it opens offline.

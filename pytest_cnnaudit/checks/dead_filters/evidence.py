@@ -72,11 +72,13 @@ def gather_evidence(context: AuditContext, graph: ModelGraph, dead: dict[str, tu
         layer: certificate.layers[layer].provably_dead if certificate and layer in certificate.layers else ()
         for layer in dead
     }
+    searchable = {layer for layer, tensors in graph.layers.items() if tensors.preactivation is not None}
     targets = [
-        (layer, channel) for layer, channels in dead.items() for channel in channels if channel not in provable[layer]
-    ]
-    targets = [
-        (layer, channel) for layer, channel in targets if graph.layers.get(layer) and graph.layers[layer].preactivation
+        (layer, channel)
+        for layer, channels in dead.items()
+        if layer in searchable
+        for channel in channels
+        if channel not in provable[layer]
     ]
     notes: list[str] = []
     found: dict[Target, Witness] = {}
@@ -141,16 +143,19 @@ def _search(
     from .torch_form import preactivation_network
     from .witness import RowRunner, Target, nearest_to_firing, search_witnesses
 
+    rank = {layer.id: position for position, layer in enumerate(context.plan.layers)}
+    dead = sorted(dead, key=lambda target: rank.get(target[0], 0))
+    # the layers whose channels can be searched: in graph order, until there are witness_channels of them
+    last = dead[min(settings.witness_channels, len(dead)) - 1][0]
     targets = [
         Target(layer, graph.layers[layer].preactivation, channel, graph.layers[layer].channel_axis)  # type: ignore[arg-type]
         for layer, channel in dead
+        if rank.get(layer, 0) <= rank.get(last, 0)
     ]
     network, form = preactivation_network(graph, {target.key for target in targets})
-    spec = context.backend.input_spec
-    runner = RowRunner(network, spec, min(SEARCH_BATCH, context.batch_size), graph.fixed_batch)
+    runner = RowRunner(network, context.backend.input_spec, min(SEARCH_BATCH, context.batch_size), graph.fixed_batch)
     ranked = min(context.probes.count, RANKING_IMAGES)
     starts, closeness = nearest_to_firing(runner, _first_images(context, ranked, runner), targets)
-    rank = {layer.id: position for position, layer in enumerate(context.plan.layers)}
     order = sorted(range(len(targets)), key=lambda i: (rank.get(targets[i].layer_id, 0), -closeness[i]))
     chosen = order[: settings.witness_channels]
     pixels = np.stack([context.probes.image(int(starts[i])) for i in chosen])
