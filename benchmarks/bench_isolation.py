@@ -13,9 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-from pytest_cnnaudit.audit import open_model, run_audit
 from pytest_cnnaudit.config import parse_config
-from pytest_cnnaudit.isolation import run_audit_isolated
+from pytest_cnnaudit.engine.audit import run_audit
+from pytest_cnnaudit.engine.isolation import audit_isolated
+from pytest_cnnaudit.engine.planning import open_model
 
 REPEATS = 3
 
@@ -29,10 +30,12 @@ def main(models: list[str]) -> None:
         in_process, isolated = [], []
         for _ in range(REPEATS):
             start = time.perf_counter()
-            run_audit(open_model(path, config))
+            opened = open_model(path, config)
+            plan = opened.plan()
+            run_audit(opened)
             in_process.append(time.perf_counter() - start)
             start = time.perf_counter()
-            run_audit_isolated(path, config, None, model)
+            audit_isolated(path, plan)
             isolated.append(time.perf_counter() - start)
         fast, slow = min(in_process), min(isolated)
         print(f"| {path.name} | {fast:.2f} | {slow:.2f} | {slow - fast:+.2f} |")

@@ -46,19 +46,18 @@ def resnet18() -> Any:
 
 
 def audit_context(model: Any, size: int, sweep: bool, max_new_dead: float = 0) -> Any:
-    """The context the audit hands its analyses, after the main pass (stats are not needed here)."""
-    from pytest_cnnaudit.audit import AuditContext, open_model, probe_set_for
+    """The context the audit hands its checks, after the main pass (stats are not needed here)."""
     from pytest_cnnaudit.config import InputSpec, ModelSpec, parse_config
-    from pytest_cnnaudit.result import LayerResult
+    from pytest_cnnaudit.engine.audit import probe_set_for
+    from pytest_cnnaudit.engine.check import AuditContext
+    from pytest_cnnaudit.engine.planning import open_model
 
     settings = f"enabled: true, sweep: {str(sweep).lower()}, max_new_dead: {max_new_dead}"
     config = parse_config(f"checks:\n  lr_sanity: {{{settings}}}\n", "<bench>")
     spec = ModelSpec(path="resnet18", input=InputSpec(size=(size, size)))
     opened = open_model(model, config, spec, name="resnet18")
-    backend = opened.backend
-    layers = tuple(LayerResult(i.id, i.op, i.activation, i.channels) for i in backend.layers)
-    probes = probe_set_for(config, backend.input_spec.size)
-    return AuditContext("resnet18", model, backend, config, spec, probes, layers, config.probe.batch_size)
+    probes = probe_set_for(config, opened.backend.input_spec.size)
+    return AuditContext(opened.plan(), model, opened.backend, probes, {}, config.probe.batch_size)
 
 
 def bare_training(model: Any, context: Any) -> dict[str, float]:
@@ -66,9 +65,9 @@ def bare_training(model: Any, context: Any) -> dict[str, float]:
     import torch
     import torch.nn.functional as F
 
-    from pytest_cnnaudit.lr_probe import probe_inputs
+    from pytest_cnnaudit.checks.lr_sanity.probe import probe_inputs
 
-    settings = context.config.checks.lr_sanity
+    settings = context.plan.config.checks.lr_sanity
     count = min(len(context.probes), settings.steps * settings.batch_size)
     module = copy.deepcopy(model)
     inputs = probe_inputs(context.probes, count, context.backend.input_spec)
@@ -88,9 +87,9 @@ def bare_training(model: Any, context: Any) -> dict[str, float]:
 
 def probe_run(context: Any) -> dict[str, float]:
     """Seconds of the whole one-rate probe, and of its parts."""
-    from pytest_cnnaudit.lr_probe import fine_tuning_probe
+    from pytest_cnnaudit.checks.lr_sanity.probe import fine_tuning_probe
 
-    settings = context.config.checks.lr_sanity
+    settings = context.plan.config.checks.lr_sanity
     start, cpu = time.perf_counter(), time.process_time()
     with fine_tuning_probe(context, settings) as probe:
         ready = time.perf_counter()
@@ -152,8 +151,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="override the probe's thread count (1: timings robust to load)")
     args = parser.parse_args()
 
-    from pytest_cnnaudit import lr_probe
-    from pytest_cnnaudit.checks.lr_sanity import LrSanityAnalysis
+    from pytest_cnnaudit.checks.lr_sanity import probe as lr_probe
+    from pytest_cnnaudit.checks.lr_sanity.check import LrSanityChecker
 
     if args.threads:
         lr_probe.MAX_THREADS = args.threads
@@ -166,9 +165,9 @@ def main() -> None:
         sweep_size = args.sweep_size or args.size
         sweep_context = audit_context(model, sweep_size, sweep=True, max_new_dead=args.max_new_dead)
         start = time.perf_counter()
-        _, extras = LrSanityAnalysis().run(sweep_context)
+        sweep = LrSanityChecker().judge(sweep_context).sections["lr_sweep"]
         seconds = time.perf_counter() - start
-        curve = extras["lr_sweep"]["curve"]
+        curve = sweep.curve
         print(
             json.dumps(
                 {
@@ -176,8 +175,8 @@ def main() -> None:
                     "max_new_dead": args.max_new_dead,
                     "sweep_seconds": round(seconds, 1),
                     "rates_run": len(curve) + 1,  # the grid's rates plus the configured one
-                    "max_safe_lr": extras["lr_sweep"]["max_safe_lr"],
-                    "curve": [(point["lr"], point["new_dead"], point["loss_end"]) for point in curve],
+                    "max_safe_lr": sweep.max_safe_lr,
+                    "curve": [(point.lr, point.new_dead, point.loss_end) for point in curve],
                 },
                 indent=2,
             )

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import numpy_helper
 from onnx_text_models import save, two_conv_model
+from PIL import Image
 
 from pytest_cnnaudit import CnnAuditError, ConfigError, audit
 from pytest_cnnaudit.config import parse_config
@@ -160,6 +161,11 @@ MODEL_CASES: dict[str, tuple[Callable[[Path], Path], str, str]] = {
         "models: [{path: m.onnx, input: {channels: RGB}}]",
         "input has 1 channels but input.channels is RGB",
     ),
+    "three means for a gray model": (
+        gray_input,
+        "models: [{path: m.onnx, input: {mean: [0.5, 0.5, 0.5]}}]",
+        "input.mean has 3 values but the model's input has 1 channel(s) (GRAY): give 1 value",
+    ),
     "external data outside": (external_data("../outside.bin"), "", "lies outside the model's folder"),
     "external data absolute": (external_data("/etc/passwd"), "", "lies outside the model's folder"),
     "external data missing": (external_data("weights.bin"), "", "external data file 'weights.bin'"),
@@ -206,10 +212,39 @@ def _torch_files(tmp: Path) -> None:
     module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
     torch.save(module.state_dict(), tmp / "weights.pt")
     torch.save(module, tmp / "module.pt")
+    torch.save({"weights": module.state_dict(), "hook": CallsOsSystem()}, tmp / "evil.pt")
+    torch.save({"hook": CallsOsSystem()}, tmp / "evil_legacy.pt", _use_new_zipfile_serialization=False)
+
+
+class CallsOsSystem:
+    """A pickle that runs a shell command when loaded (it only echoes)."""
+
+    def __reduce__(self) -> tuple:
+        return (os.system, ("echo this pickle ran a command",))
 
 
 TORCH_CASES = {
-    "pickled module without opt-in": ("module.pt", "", "holds pickled Python objects"),
+    "pickled module without opt-in": (
+        "module.pt",
+        "",
+        "which can run code when loaded; save a state_dict and name a factory, or set trust_pickle: true for this "
+        "model if you trust the file",
+    ),
+    "pickle calling os.system": (
+        "evil.pt",
+        "",
+        "calls posix.system, which no model file needs: refused, even with trust_pickle: true",
+    ),
+    "pickle calling os.system, trusted": (
+        "evil.pt",
+        "trust_pickle: true",
+        "calls posix.system, which no model file needs: refused, even with trust_pickle: true",
+    ),
+    "old-format pickle calling os.system": (
+        "evil_legacy.pt",
+        "",
+        "calls posix.system, which no model file needs: refused, even with trust_pickle: true",
+    ),
     "state_dict without factory": ("weights.pt", "", "name the architecture with models[].factory"),
     "state_dict, wrong factory": ("weights.pt", "factory: arch:other", "does not fit factory arch:other"),
     "state_dict, wrong factory_kwargs": (
@@ -286,6 +321,79 @@ CONFIG_CASES: dict[str, tuple[str, list[str], str]] = {
         ["--cnnaudit-baseline", "b.json", "--cnnaudit-save-baseline", "b.json"],
         "*name the same file*",
     ),
+    # Values that reached a model before failing, or passed (issue 14): each refused before any model loads.
+    "NaN max_fraction": (
+        "checks:\n  dead_filters: {max_fraction: .nan}\n",
+        [],
+        "*cnnaudit.yaml:2: checks.dead_filters.max_fraction: got nan, expected a finite number (allowed: 0.0 .. 1.0)",
+    ),
+    "NaN max_sensitivity": (
+        "checks:\n  color:\n    first_layer: {expect: invariant, max_sensitivity: .nan}\n",
+        [],
+        "*cnnaudit.yaml:3: checks.color.first_layer.max_sensitivity: got nan, expected a finite number*",
+    ),
+    "NaN min_selective_fraction": (
+        "checks:\n  color:\n    first_layer: {expect: sensitive, min_selective_fraction: .nan}\n",
+        [],
+        "*cnnaudit.yaml:3: checks.color.first_layer.min_selective_fraction: got nan, expected a finite number*",
+    ),
+    "NaN lr": (
+        "checks:\n  lr_sanity: {lr: .nan}\n",
+        [],
+        "*cnnaudit.yaml:2: checks.lr_sanity.lr: got nan, expected a finite number (allowed: 0.0 .. inf)",
+    ),
+    "infinite zero_eps": (
+        "probe: {zero_eps: .inf}\n",
+        [],
+        "*cnnaudit.yaml:1: probe.zero_eps: got inf, expected a finite number (allowed: 0.0 .. inf)",
+    ),
+    "NaN in a model's colour bound": (
+        "models:\n  - path: m.onnx\n    checks:\n      color: {layers: [{match: '*', max_selective_fraction: .nan}]}\n",
+        [],
+        "*cnnaudit.yaml:4: models[[]0[]].checks.color.layers[[]0[]].max_selective_fraction: got nan, expected a finite*",
+    ),
+    "two means for an RGB model": (
+        "models:\n  - path: m.onnx\n    input: {mean: [0.5, 0.5]}\n",
+        [],
+        "*cnnaudit.yaml:3: models[[]0[]].input.mean: got 2 values, expected 1 or 3: input.channels is unset, "
+        "so the model's input (1 or 3 channels) decides",
+    ),
+    "a model's override breaks the top level's": (
+        "checks:\n  sparsity: {min: 0.5}\nmodels:\n  - path: m.onnx\n    checks:\n      sparsity: {max: 0.4}\n",
+        [],
+        "*cnnaudit.yaml:6: models[[]0[]].checks.sparsity.min: min 0.5 > max 0.4 (applied over the top-level checks)",
+    ),
+    "layer rule for a check that is off": (
+        "layers:\n  - match: '*'\n    checks: {lr_sanity: {max_new_dead: 1}}\n",
+        [],
+        "*cnnaudit.yaml:3: layers[[]0[]].checks.lr_sanity: lr_sanity is off for every model, so this rule would "
+        "change nothing*",
+    ),
+    "probe array with no image": (
+        "probe: {images: zero.npy}\n",
+        [],
+        "*probe.images: *zero.npy has shape (0, 8, 8, 3): it holds no image",
+    ),
+    "probe array with NaN pixels": (
+        "probe: {images: nan.npy}\n",
+        [],
+        "*probe.images: *nan.npy: image 1 has NaN or infinite pixels",
+    ),
+    "probe image of floats beyond 1": (
+        "probe: {images: hdr}\n",
+        [],
+        "*probe.images: probe image *hdr.tiff: float pixels range 3.5 .. 3.5, expected within [[]0, 1[]]",
+    ),
+    "fewer probe images than count, crops refused": (
+        "probe: {images: few, count: 5, augment: none}\n",
+        [],
+        "*probe.images: *few holds 2 images, fewer than probe.count 5; lower the count, or set probe.augment: crops*",
+    ),
+    "augment none for the shipped photographs": (
+        "probe: {augment: none}\n",
+        [],
+        "*cnnaudit.yaml:1: probe.augment: none needs probe.images: the shipped photographs are always cropped",
+    ),
 }
 
 
@@ -298,6 +406,13 @@ def test_bad_config_or_flag_is_a_usage_error_before_models_load(pytester: pytest
     (pytester.path / "broken").mkdir()
     (pytester.path / "broken" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     np.save(pytester.path / "flat.npy", np.zeros((4, 5)))
+    np.save(pytester.path / "zero.npy", np.zeros((0, 8, 8, 3), np.uint8))
+    np.save(pytester.path / "nan.npy", np.stack([np.zeros((8, 8, 3)), np.full((8, 8, 3), np.nan)]))
+    (pytester.path / "hdr").mkdir()
+    Image.fromarray(np.full((8, 8), 3.5, np.float32)).save(pytester.path / "hdr" / "hdr.tiff")
+    (pytester.path / "few").mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(pytester.path / "few" / name)
     (pytester.path / "other.json").write_text(json.dumps({"schema": "something/1"}))
     result = pytester.runpytest("--cnnaudit", "m.onnx", *arguments)
     assert result.ret == pytest.ExitCode.USAGE_ERROR

@@ -226,7 +226,7 @@ def test_equal_channel_weights_are_colour_blind() -> None:
     assert colour(run(blind, "checks: {color: {first_layer: {expect: invariant}}}")).outcome == "passed"
     sensitive = colour(run(blind, "checks: {color: {first_layer: {expect: sensitive}}}"))
     assert sensitive.outcome == "failed"
-    assert sensitive.message.startswith("0 of 8 filters colour-selective (0.0%) < min 20%")
+    assert sensitive.message.startswith("0 of 8 filters colour-tuned (0.0%) < min 20%")
 
 
 def test_red_minus_green_filters_are_colour_sensitive() -> None:
@@ -317,7 +317,7 @@ def test_layer_bounds_add_items_judged_by_csi() -> None:
     assert [v.item_id for v in blind.verdicts if v.check == "color"] == ["color[conv1]", "color[conv2]"]
     failed = colour(blind, "conv2")
     assert failed.outcome == "failed"
-    assert failed.message.startswith("0 of 8 channels colour-selective (0.0%, CSI > 0.5; median CSI 0.0")
+    assert failed.message.startswith("0 of 8 channels CSI-selective (0.0%, CSI > 0.5; median CSI 0.0")
     assert failed.message.endswith("< min 50% (bound 'conv2')")
     assert colour(run(ColourNet(red_minus_green()), yaml), "conv2").outcome == "passed"
 
@@ -373,8 +373,8 @@ def test_expect_invariant_fails_a_colour_model_end_to_end(pytester: pytest.Pytes
     result.stdout.fnmatch_lines(
         [
             "*opponent.onnx :: color[[]conv1[]]: chromatic energy share 1.000 > max_sensitivity 0.05 "
-            "(8 of 8 filters colour-selective): the layer's filters weight red, green and blue unequally",
-            "  colour  median CSI  selective  isoluminant",
-            "  conv1        0.9*     100.0%        1.000",
+            "(8 of 8 filters colour-tuned): the layer's filters weight red, green and blue unequally",
+            "  colour  median CSI  CSI-selective  isoluminant",
+            "  conv1        0.9*         100.0%        1.000",
         ]
     )

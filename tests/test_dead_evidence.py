@@ -33,8 +33,8 @@ from onnx import numpy_helper
 from random_networks import random_network
 
 from pytest_cnnaudit.backends.onnx import OnnxBackend
-from pytest_cnnaudit.backends.onnx_graph import OnnxGraph
-from pytest_cnnaudit.backends.onnx_tensors import activation_input
+from pytest_cnnaudit.backends.onnx.index import OnnxGraph
+from pytest_cnnaudit.backends.onnx.tensors import activation_input
 from pytest_cnnaudit.backends.torch import TorchBackend
 from pytest_cnnaudit.checks.dead_filters.certify import Certificate, certify, input_box
 from pytest_cnnaudit.checks.dead_filters.evidence import gather_evidence

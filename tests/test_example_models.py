@@ -26,7 +26,7 @@ NAMES = ("healthy", "high_lr", "hue_task", "grayscale")
 #: Agreement asked of a rebuilt model: each layer's zero fraction within this much ...
 SPARSITY_TOLERANCE = 0.02
 #: ... each layer's dead-channel count within this many channels, and the first layer's
-#: colour-selective filter count within this many filters (of 16).
+#: colour-tuned filter count within this many filters (of 16).
 DEAD_COUNT_TOLERANCE = 1
 SELECTIVE_COUNT_TOLERANCE = 2
 

@@ -216,3 +216,39 @@ def test_a_hanging_model_fails_after_runtime_timeout(pytester: pytest.Pytester) 
     assert time.monotonic() - started < 100
     result.assert_outcomes(passed=5, failed=1)
     result.stdout.fnmatch_lines(["*slow.pt: opening the model did not finish within runtime.timeout_s (20 s)*"])
+
+
+COUNTING_FACTORY = """
+from pathlib import Path
+
+import torch
+
+def build():
+    with open(Path(__file__).with_name("opened.log"), "a") as log:
+        log.write("opened\\n")
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+"""
+
+
+@pytest.mark.parametrize(
+    ("isolate", "xdist", "opens"),
+    [("true", ["-n", "2"], 2), ("false", ["-p", "no:xdist"], 1)],
+    ids=["xdist-isolated", "serial-in-process"],
+)
+def test_each_model_is_opened_once_for_planning_and_once_for_measuring(
+    pytester: pytest.Pytester, isolate: str, xdist: list[str], opens: int
+) -> None:
+    """Under xdist the controller plans and one worker measures: two opens, not one per worker and more;
+    in-process the planned model is measured as it is: one open."""
+    pytester.makepyfile(counting_arch=COUNTING_FACTORY)
+    torch.manual_seed(0)
+    torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).state_dict(), pytester.path / "m.pt")
+    pytester.makefile(
+        ".yaml",
+        cnnaudit=f"probe: {{count: 4}}\nruntime: {{isolate: {isolate}}}\n"
+        "models:\n  - {path: m.pt, factory: 'counting_arch:build', input: {size: [16, 16]}}\n",
+    )
+    result = pytester.runpytest_subprocess("--cnnaudit", *xdist)
+    result.assert_outcomes(passed=3)  # sparsity, dead_filters, color of the one conv
+    assert (pytester.path / "opened.log").read_text().count("opened") == opens

@@ -159,9 +159,9 @@ def test_rates_read_as_numbers_in_exponent_notation() -> None:
 def test_plan_is_empty_unless_enabled_and_skips_layers_without_an_inactive_region() -> None:
     layers = (
         LayerInfo("conv1", "Conv", "relu", 8, "r1"),
-        LayerInfo("conv2", "Conv", "silu", 8, "s2"),
+        LayerInfo("conv2", "Conv", "sigmoid", 8, "s2"),  # saturating: no inactive region to count
         LayerInfo("proj", "Conv", None, 8, None),
-        LayerInfo("gate", "Conv", "sigmoid", 8, "g"),
+        LayerInfo("act", "Conv", "silu", 8, "s"),  # a rectifier: judged like ReLU
         LayerInfo("conv3", "Conv", "relu6", 8, "r3"),
     )
     spec = ModelSpec(path="m.onnx")
@@ -170,7 +170,7 @@ def test_plan_is_empty_unless_enabled_and_skips_layers_without_an_inactive_regio
     enabled = parse_config(
         "checks:\n  lr_sanity: {enabled: true}\nlayers:\n  - match: conv3\n    checks: {lr_sanity: {enabled: false}}\n"
     )
-    assert LrSanityChecker().plan(ModelPlan("m.onnx", spec, enabled, layout)) == ["conv1", "conv2", None]
+    assert LrSanityChecker().plan(ModelPlan("m.onnx", spec, enabled, layout)) == ["conv1", "act", None]
 
 
 # --------------------------------------------------------------------------- the healthy CNN

@@ -153,8 +153,10 @@ def test_user_npy_array(dtype: type, tmp_path: Path) -> None:
     assert probes.count == 5
     images = all_images(probes, batch_size=2)
     np.testing.assert_allclose(images, pixels / 255.0, atol=1e-6)
-    assert user_probe_set(tmp_path / "probes.npy", SIZE, 3, seed=0).count == 3
-    assert user_probe_set(tmp_path / "probes.npy", SIZE, 50, seed=0).count == 5
+    fewer = user_probe_set(tmp_path / "probes.npy", SIZE, 3, seed=0)
+    assert fewer.count == 3 and not fewer.crops and len(set(fewer.order)) == 3  # three of the five, each once
+    more = user_probe_set(tmp_path / "probes.npy", SIZE, 50, seed=0)
+    assert more.count == 50 and more.crops  # more than the array holds: seeded crops of its images
 
 
 def test_user_npy_uint8_dark_image_is_still_0_to_255(tmp_path: Path) -> None:
@@ -197,6 +199,117 @@ def test_unreadable_image_names_itself(tmp_path: Path) -> None:
     probes = user_probe_set(tmp_path, SIZE, None, seed=0)
     with pytest.raises(ProbeError, match=r"broken\.png"):
         all_images(probes)
+
+
+def fitted(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """The image as torchvision's Resize + CenterCrop preprocess it, done here with Pillow on 8-bit RGB."""
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    scale = max(size[0] / rgb.height, size[1] / rgb.width)
+    width, height = max(size[1], round(rgb.width * scale)), max(size[0], round(rgb.height * scale))
+    resized = rgb.resize((width, height), Image.BILINEAR)
+    top, left = round((height - size[0]) / 2), round((width - size[1]) / 2)
+    return np.asarray(resized.crop((left, top, left + size[1], top + size[0])), dtype=np.float64) / 255.0
+
+
+def test_user_folder_images_are_used_once_each_as_they_are(tmp_path: Path) -> None:
+    """Before, a folder's images were seeded random crops (50-100% of the short side, mirrored)."""
+    rng = np.random.default_rng(2)
+    # Smooth gradients (a crop and a resize of noise would not agree to the pixel) of two aspect ratios.
+    ramp = np.linspace(0, 255, 48)[None, :, None] * np.linspace(0.2, 1, 36)[:, None, None]
+    write_png(tmp_path / "wide.png", np.broadcast_to(ramp, (36, 48, 3)).astype(np.uint8))
+    write_png(tmp_path / "tall.png", np.broadcast_to(ramp.transpose(1, 0, 2), (48, 36, 3)).astype(np.uint8))
+    write_png(tmp_path / "exact.png", rng.integers(0, 256, (*SIZE, 3), dtype=np.uint8))
+    probes = user_probe_set(tmp_path, SIZE, None, seed=0)
+    assert not probes.crops and probes.order == (0, 1, 2)
+    assert "each once, resized and centre-cropped" in probes.description
+    images = all_images(probes)
+    for image, source in zip(images, probes.sources):
+        np.testing.assert_allclose(image, fitted(Path(source), SIZE), atol=2.5 / 255)
+    with Image.open(tmp_path / "exact.png") as exact:  # an image at the input size is used pixel for pixel
+        np.testing.assert_array_equal(images[0], np.asarray(exact, dtype=np.float32) / 255.0)
+
+
+def test_user_folder_with_more_images_than_count_uses_a_seeded_choice_once_each(tmp_path: Path) -> None:
+    for index in range(10):
+        write_png(tmp_path / f"{index}.png", np.full((*SIZE, 3), index * 20, np.uint8))
+    probes = user_probe_set(tmp_path, SIZE, 4, seed=3)
+    assert not probes.crops and len(set(probes.order)) == 4 and list(probes.order) == sorted(probes.order)
+    assert "4 of them (seeded choice), each once" in probes.description
+    values = sorted(round(float(image[0, 0, 0]) * 255) for image in all_images(probes))
+    assert values == sorted(20 * number for number in probes.order)
+    assert user_probe_set(tmp_path, SIZE, 4, seed=3).order == probes.order
+    assert user_probe_set(tmp_path, SIZE, 4, seed=4).order != probes.order
+
+
+def test_user_images_are_cropped_when_count_exceeds_them_or_when_asked(image_folder: Path) -> None:
+    assert user_probe_set(image_folder, SIZE, 7, seed=0).crops  # 7 images of 3 files: seeded crops
+    asked = user_probe_set(image_folder, SIZE, 3, seed=0, augment="crops")
+    assert asked.crops and "3 seeded crops" in asked.description
+    np.testing.assert_array_equal(all_images(asked), all_images(user_probe_set(image_folder, SIZE, 7, seed=0))[:3])
+    with pytest.raises(ProbeError) as info:
+        user_probe_set(image_folder, SIZE, 7, seed=0, augment="none")
+    assert str(info.value) == (
+        f"probe.images: {image_folder} holds 3 images, fewer than probe.count 7; lower the count, "
+        "or set probe.augment: crops to draw seeded crops"
+    )
+
+
+def test_sixteen_bit_grayscale_png_is_read_in_its_range(tmp_path: Path) -> None:
+    """Pillow converts a 16-bit PNG to 8-bit RGB by clipping: it was read as white (99.7% of pixels 1.0)."""
+    pixels = (np.arange(SIZE[0] * SIZE[1]).reshape(SIZE) * 60).astype(np.uint16)
+    Image.fromarray(pixels).save(tmp_path / "depth16.png")
+    image = all_images(user_probe_set(tmp_path, SIZE, None, seed=0))[0]
+    for channel in range(3):
+        np.testing.assert_allclose(image[..., channel], pixels / 65535.0, atol=1e-6)
+
+
+def test_palette_png_is_read_in_its_colours(tmp_path: Path) -> None:
+    palette = np.array([[255, 0, 0], [0, 128, 255], [10, 200, 30]], np.uint8)
+    indices = np.random.default_rng(0).integers(0, 3, SIZE).astype(np.uint8)
+    image = Image.fromarray(indices, mode="P")
+    image.putpalette(palette.ravel().tolist())
+    image.save(tmp_path / "palette.png")
+    np.testing.assert_allclose(all_images(user_probe_set(tmp_path, SIZE, None, seed=0))[0], palette[indices] / 255.0)
+
+
+def test_float_image_out_of_range_is_refused_with_its_file_named(tmp_path: Path) -> None:
+    Image.fromarray(np.full(SIZE, 3.5, np.float32)).save(tmp_path / "hdr.tiff")
+    with pytest.raises(ProbeError) as info:
+        all_images(user_probe_set(tmp_path, SIZE, None, seed=0))
+    assert (
+        str(info.value) == f"probe image {tmp_path / 'hdr.tiff'}: float pixels range 3.5 .. 3.5, expected within [0, 1]"
+    )
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.zeros((0, 8, 8, 3), np.uint8), "probe.images: {path} has shape (0, 8, 8, 3): it holds no image"),
+        (
+            np.stack([np.zeros((8, 8, 3)), np.full((8, 8, 3), np.nan)]),
+            "probe.images: {path}: image 1 has NaN or infinite pixels",
+        ),
+        (np.full((1, 8, 8, 3), np.inf, np.float32), "probe.images: {path}: image 0 has NaN or infinite pixels"),
+        (np.zeros((2, 8, 8, 3), bool), "probe.images: {path} holds bool values, expected integer or float pixels"),
+    ],
+    ids=["no-image", "nan", "inf", "bool"],
+)
+def test_unusable_npy_is_refused_with_its_file_named(tmp_path: Path, array: np.ndarray, message: str) -> None:
+    """Before, 0 images failed as a runtime crash and NaN pixels were blamed on the model's output."""
+    path = tmp_path / "probes.npy"
+    np.save(path, array)
+    with pytest.raises(ProbeError) as info:
+        user_probe_set(path, SIZE, None, seed=0)
+    assert str(info.value) == message.format(path=path)
+
+
+def test_sixteen_bit_npy_is_scaled_by_65535(tmp_path: Path) -> None:
+    pixels = np.random.default_rng(0).integers(0, 65536, (2, *SIZE, 3)).astype(np.uint16)
+    np.save(tmp_path / "probes.npy", pixels)
+    np.testing.assert_allclose(
+        all_images(user_probe_set(tmp_path / "probes.npy", SIZE, None, seed=0)), pixels / 65535.0, atol=1e-6
+    )
 
 
 # --------------------------------------------------------------------------- preprocessing

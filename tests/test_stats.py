@@ -159,6 +159,19 @@ def test_negative_only_channel_is_dead() -> None:
     assert accumulate(positive, [1]).dead_channels == ()
 
 
+def test_float16_activations_reduce_in_float64() -> None:
+    """An fp16 graph hands over float16 maps: counts, sums and maxima equal float64 numpy on them."""
+    rng = np.random.default_rng(0)
+    array = rng.normal(0.0, 30.0, size=(6, 4, 32, 32)).astype(np.float16)
+    array[:, 2] = -0.0
+    stats = accumulate(array, [2, 5])
+    assert_matches_numpy(stats, array)
+    assert stats.dead_channels == (2,)
+    assert stats.max.dtype == stats.mean.dtype == np.float64
+    # Float16 sums of 1024 values of this size would overflow or lose digits; float64 keeps them.
+    assert np.isfinite(stats.var).all()
+
+
 def test_large_offset_keeps_variance() -> None:
     """Channels whose values sit far from zero with a small spread (BN-shifted maps) keep their variance."""
     rng = np.random.default_rng(0)

@@ -115,7 +115,10 @@ def hooked_stats(net: nn.Module, names: tuple[str, ...], batches: list[np.ndarra
             handle.remove()
     empty = np.zeros(0)
     return {
-        name: ChannelStats(counts[name], inactive[name], maxima[name], empty, empty, empty, empty) for name in names
+        name: ChannelStats(
+            counts[name], sum(len(batch) for batch in batches), inactive[name], maxima[name], empty, empty, empty, empty
+        )
+        for name in names
     }
 
 
@@ -255,3 +258,21 @@ def test_products_that_are_no_rectifier_are_not_taken_for_one(function) -> None:
     backend = TorchBackend(net, "module", InputSpec(size=SIZE), "net", batch_size=4)
     kinds = {layer.activation for layer in backend.layers}
     assert not kinds & {"relu", "relu6", "clip", "hardswish", "silu", "gelu", "mish", "elu", "selu", "celu"}
+
+
+def test_prelu_with_negative_slopes_is_measured_before_the_activation() -> None:
+    """MTCNN's PReLUs learn negative slopes: there the output is > 0 on both sides of 0, so the layer's
+    pre-activation is measured (<= 0 inactive whatever the slope), compared with hooks on the conv outputs."""
+    net = plant_convs(ActivationNet(lambda: nn.PReLU(8)), {"conv1": (2,), "conv2": (1, 5)})
+    with torch.no_grad():
+        for act in (net.act1, net.act2):
+            act.weight.copy_(torch.tensor([0.25, -0.3, 0.25, -0.1, 0.25, 0.25, -0.5, 0.25]))
+    backend = TorchBackend(net, "module", InputSpec(size=SIZE), "net", batch_size=4)
+    assert [layer.definition.split(" (")[0] for layer in backend.layers] == ["pre-activation <= zero_eps"] * 2
+    probes, batches = probe_batches(backend.input_spec)
+    measured = measure(backend, probes, batch_size=4, zero_eps=0.0)
+    expected = hooked_stats(net, ("conv1", "conv2"), batches)  # the conv outputs: the PReLUs' inputs
+    for layer, conv in zip(backend.layers, ("conv1", "conv2")):
+        stats = measured[layer.tensor]
+        np.testing.assert_array_equal(stats.inactive, expected[conv].inactive)
+        assert stats.dead_channels == {"conv1": (2,), "conv2": (1, 5)}[conv]

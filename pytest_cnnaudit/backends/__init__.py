@@ -9,13 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelSpec
+from ..config.model import ModelSpec
 from ..errors import ModelError
 from .base import Backend, FirstConv, LayerInfo
 
 ONNX_SUFFIXES = (".onnx",)
 TORCH_SUFFIXES = (".pt", ".pth", ".pt2", ".ts", ".torchscript", ".safetensors", ".bin", ".ckpt")
 MODEL_SUFFIXES = ONNX_SUFFIXES + TORCH_SUFFIXES
+#: The one line a PyTorch model file gets when torch is not installed (the base install audits ONNX).
+TORCH_MODEL_MISSING = "a PyTorch model needs torch, which is not installed: pip install 'pytest-cnnaudit[torch]'"
 
 
 def open_backend(model: Path | Any, spec: ModelSpec, config_dir: Path, batch_size: int) -> Backend:
@@ -33,8 +35,12 @@ def open_backend(model: Path | Any, spec: ModelSpec, config_dir: Path, batch_siz
 
         return OnnxBackend(model, spec.input)
     if model.suffix.lower() in TORCH_SUFFIXES:
-        from .torch import TorchBackend, load_torch_module
-
+        try:
+            from .torch import TorchBackend, load_torch_module
+        except ImportError as exc:
+            if exc.name is None or exc.name.partition(".")[0] != "torch":
+                raise
+            raise ModelError(f"{model}: {TORCH_MODEL_MISSING}") from None
         loaded = load_torch_module(model, spec, config_dir)
         return TorchBackend(loaded.model, loaded.format, spec.input, str(model), batch_size, loaded.notes)
     raise ModelError(f"{model}: unknown model format {model.suffix!r} (expected one of {', '.join(MODEL_SUFFIXES)})")

@@ -14,15 +14,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..config import InputSpec
+from ..config import families
+from ..config.inputs import InputSpec
 
-#: Rectifiers: activations whose output is <= 0 exactly where their input is <= 0, so that
-#: "output <= 0" is the inactive region for all of them (for ReLU: output == 0). Sparsity and
-#: dead filters are measured on them with that one definition. Saturating activations
-#: (sigmoid, tanh, hard_sigmoid, softplus, softmax) switch off nowhere and are not measured.
-RECTIFIERS = frozenset(
-    {"relu", "relu6", "clip", "hardswish", "silu", "gelu", "mish", "elu", "selu", "celu", "leaky_relu", "prelu"}
-)
+#: Rectifiers: a unit is inactive where the output is <= ``probe.zero_eps`` (0 by default) and a channel
+#: dead when its output never exceeds it (for ReLU: the exact-zero count). Saturating activations have
+#: no inactive region. The one list of both lives with the config's activation families.
+RECTIFIERS = frozenset(families.RECTIFIERS)
+SATURATING = frozenset(families.SATURATING)
 
 #: Called with (tensor key, activation batch, channel axis) during a forward pass.
 ActivationSink = Callable[[str, np.ndarray, int], None]
@@ -37,6 +36,8 @@ class LayerInfo:
     activation: str | None  # "relu", "relu6", "hardswish", "silu", ...; None: no activation follows
     channels: int
     tensor: str | None  # backend key of the measured activation tensor; shared by layers feeding one Add
+    definition: str | None = None  # what counts as inactive, e.g. "output <= zero_eps"; None: not a rectifier
+    reason: str | None = None  # why a conv is not measured when the activation alone does not say it
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,10 @@ class FirstConv:
     """The first conv layer the image input reaches, with weights on the model's input channels."""
 
     layer_id: str
-    weight: np.ndarray  # (out, in, kh, kw), input channels in the model's own order
+    #: (out, in, kh, kw): weights on the model's *external* input channels, in the model's own order.
+    #: In-graph input normalisation is folded in (its scale; a mean only shifts the bias), and a
+    #: space-to-depth first layer is unfolded (12 channels = 4 x RGB become 3 channels, 2x the kernel).
+    weight: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,13 @@ def resolve_input_spec(configured: InputSpec, shape: tuple[int | None, ...] | No
     wanted = 1 if channels == "GRAY" else 3
     if channels_dim is not None and channels_dim != wanted:
         raise ModelError(f"{model}: input has {channels_dim} channels but input.channels is {channels}")
+    for key, values in (("mean", configured.mean), ("std", configured.std)):
+        if values is not None and len(values) not in (1, wanted):
+            give = "give 1 value" if wanted == 1 else f"give {wanted} values, or 1 for all"
+            raise ModelError(
+                f"{model}: input.{key} has {len(values)} values but the model's input has {wanted} channel(s) "
+                f"({channels}): {give}"
+            )
     mean = configured.mean or (0.0,) * wanted
     std = configured.std or (1.0,) * wanted
     return InputSpec(

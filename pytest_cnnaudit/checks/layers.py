@@ -13,24 +13,30 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from ..backends.base import RECTIFIERS, LayerInfo
+from ..backends.base import RECTIFIERS, SATURATING, LayerInfo
 from ..document import Verdict
 from ..engine.check import AuditContext, ModelPlan
 from ..engine.stats import ChannelStats
 
 
 def unmeasurable_reason(layer: LayerInfo) -> str | None:
-    """Why zero-based checks cannot judge ``layer`` (from the graph walk alone), or None when they can."""
-    reason = getattr(layer, "reason", None)
-    if reason:
-        return reason
-    if layer.activation is None:
+    """Why zero-based checks cannot judge ``layer`` (from the graph walk alone), or None when they can.
+
+    Only rectifiers are judged (``backends.base.RECTIFIERS``); ``probe.zero_eps`` moves their
+    threshold but makes no other activation measurable.
+    """
+    if layer.reason:
+        return layer.reason
+    kind = layer.activation
+    if kind is None:
         return "no activation follows this conv (a linear projection), so it has no inactive region"
-    if layer.activation not in RECTIFIERS:
+    if kind in SATURATING:
         return (
-            f"its activation ({layer.activation}) is not a rectifier: it saturates rather than switching off "
-            "at 0, so it has no inactive region to count"
+            f"its activation ({kind}) saturates and has no inactive region: no output value means a unit is off, "
+            "so sparsity and dead filters are not defined for it"
         )
+    if kind not in RECTIFIERS:
+        return f"its activation ({kind}) is not a rectifier: an output <= 0 does not mean the unit is off"
     if layer.tensor is None:
         return "its activation was not found in the graph"
     return None

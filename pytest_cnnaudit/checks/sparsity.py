@@ -8,6 +8,8 @@ map (sparsity near 1) or one that never switches off (near 0) is a symptom of a 
 from __future__ import annotations
 
 from ..backends.base import LayerInfo
+from ..config.checks import FamilySparsity, SparsityCheck
+from ..config.families import DEFAULT_SPARSITY_BOUNDS, SPARSITY_BOUNDS, first_set
 from ..document import SparsityFigures, Verdict
 from ..engine.check import AuditContext, CheckResult, ModelPlan, Need
 from ..engine.stats import ChannelStats
@@ -16,19 +18,29 @@ from .layers import judge_layers, layer_items
 CHECK = "sparsity"
 
 
+def sparsity_bounds(limits: SparsityCheck, activation: str | None) -> tuple[float, float]:
+    """[min, max] for a layer of this activation: the family's configured bounds, the check's, then the
+    family's default (:mod:`pytest_cnnaudit.config.families`)."""
+    family = limits.by_activation.get(activation or "", FamilySparsity())
+    default_min, default_max = SPARSITY_BOUNDS.get(activation or "", DEFAULT_SPARSITY_BOUNDS)
+    low = first_set(family.min, limits.min, default_min)
+    high = first_set(family.max, limits.max, default_max)
+    return float(low), float(high)  # type: ignore[arg-type]
+
+
 def judge_sparsity(layer: LayerInfo, stats: ChannelStats, model: ModelPlan) -> Verdict:
     """Fail when the layer's sparsity leaves [min, max]."""
-    limits = model.checks_for(layer.id).sparsity
+    low, high = sparsity_bounds(model.checks_for(layer.id).sparsity, layer.activation)
     sparsity = stats.sparsity
-    figures = SparsityFigures(sparsity=sparsity, min=limits.min, max=limits.max, channels=layer.channels)
+    figures = SparsityFigures(sparsity=sparsity, min=low, max=high, channels=layer.channels)
     where = f"{layer.channels} channels, {layer.op}+{layer.activation}"
-    if sparsity < limits.min:
-        message = f"sparsity {sparsity:.3f} < min {limits.min} ({where}): the activation map is almost never inactive"
+    if sparsity < low:
+        message = f"sparsity {sparsity:.3f} < min {low} ({where}): the activation map is almost never inactive"
         return Verdict(CHECK, layer.id, "failed", message, figures)
-    if sparsity > limits.max:
-        message = f"sparsity {sparsity:.3f} > max {limits.max} ({where}): the activation map is almost all inactive"
+    if sparsity > high:
+        message = f"sparsity {sparsity:.3f} > max {high} ({where}): the activation map is almost all inactive"
         return Verdict(CHECK, layer.id, "failed", message, figures)
-    return Verdict(CHECK, layer.id, "passed", f"sparsity {sparsity:.3f} in [{limits.min}, {limits.max}]", figures)
+    return Verdict(CHECK, layer.id, "passed", f"sparsity {sparsity:.3f} in [{low}, {high}]", figures)
 
 
 class SparsityChecker:

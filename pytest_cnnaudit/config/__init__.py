@@ -1,24 +1,29 @@
-"""The configuration: dataclasses (:mod:`.model`), YAML loading with located errors (:mod:`.loading`),
-and the JSON Schema generated from the dataclasses (:mod:`.schema`)."""
+"""The configuration: dataclasses (:mod:`.model`, :mod:`.checks`, :mod:`.inputs`), activation families and
+their default limits (:mod:`.families`), YAML loading with located errors (:mod:`.loading`), and the JSON
+Schema generated from the dataclasses (:mod:`.schema`)."""
 
+from .checks import (
+    ChecksConfig,
+    ColorCheck,
+    DeadFiltersCheck,
+    FamilyDeadFilters,
+    FamilySparsity,
+    FirstLayerColor,
+    LayerColorBound,
+    LrSanityCheck,
+    SparsityCheck,
+)
 from .loading import load_config, parse_config
 from .model import (
     AuditConfig,
     BaselineConfig,
-    ChecksConfig,
-    ColorCheck,
-    DeadFiltersCheck,
-    FirstLayerColor,
     InputSpec,
-    LayerColorBound,
     LayerRule,
-    LrSanityCheck,
     ModelSpec,
     ProbeConfig,
     RuntimeConfig,
-    SparsityCheck,
-    apply_overrides,
 )
+from .rules import apply_overrides
 
 __all__ = [
     "AuditConfig",
@@ -26,6 +31,8 @@ __all__ = [
     "ChecksConfig",
     "ColorCheck",
     "DeadFiltersCheck",
+    "FamilyDeadFilters",
+    "FamilySparsity",
     "FirstLayerColor",
     "InputSpec",
     "LayerColorBound",

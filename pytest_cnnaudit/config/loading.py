@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -18,7 +19,8 @@ from typing import Any, Literal, Union
 import yaml
 
 from ..errors import ConfigError
-from .model import AuditConfig, FieldRuleError, apply_overrides
+from .model import AuditConfig
+from .rules import FieldRuleError, apply_overrides, enable_given_sections
 
 
 class _LinedDict(dict):
@@ -98,6 +100,7 @@ def parse_config(text: str, source: str = "<config>") -> AuditConfig:
         data = _LinedDict()
         data.line, data.key_lines = 1, {}
     config = _build(AuditConfig, data, _Where(source, "", 1))
+    check_overrides(config, data, source)
     return dataclasses.replace(config, source=source)
 
 
@@ -117,12 +120,15 @@ def _build(cls: type, data: Any, where: _Where, partial: bool = False) -> Any:
         if key not in fields:
             raise _unknown_key(str(key), fields, where.child(str(key), line))
         child = where.child(key, line)
-        overrides = fields[key].metadata.get("overrides")
-        if overrides is not None:
-            values[key] = _build(overrides, raw, child, partial=True)
+        metadata = fields[key].metadata
+        if metadata.get("overrides") is not None:
+            values[key] = _build(metadata["overrides"], raw, child, partial=True)
         else:
             values[key] = _convert(hints[key], raw, child, partial)
-            _check_range(values[key], fields[key].metadata, child)
+            _check_numbers(values[key], metadata, child)
+            _check_keys(values[key], metadata, child)
+        if metadata.get("sections_enable"):
+            values[key] = enable_given_sections(values[key], raw)
     if partial:
         _validate_partial(cls, values, where)
         return values
@@ -134,7 +140,8 @@ def _build(cls: type, data: Any, where: _Where, partial: bool = False) -> Any:
 
 
 def _validate_partial(cls: type, values: dict[str, Any], where: _Where) -> None:
-    """A partial override must still make a valid object when applied to the defaults."""
+    """A partial override must still make a valid object when applied to the defaults (applied over the
+    config's own sections, it is checked again by :func:`.overrides.check_overrides`)."""
     try:
         apply_overrides(cls(), values)
     except FieldRuleError as exc:
@@ -177,6 +184,11 @@ def _convert(hint: Any, raw: Any, where: _Where, partial: bool) -> Any:
     if origin is dict or hint is dict:
         if not isinstance(raw, dict):
             raise where.error(f"got {_describe(raw)}, expected a mapping")
+        if args and dataclasses.is_dataclass(args[1]):  # like a list in an override: each entry built complete
+            return {
+                str(key): _build(args[1], value, where.child(str(key), _key_line(raw, key, where)))
+                for key, value in raw.items()
+            }
         return dict(raw)
     return _convert_scalar(hint, raw, where)
 
@@ -190,10 +202,27 @@ def _convert_tuple(args: tuple, raw: Any, where: _Where, partial: bool) -> tuple
         if len(raw) != len(args):
             raise where.error(f"got {len(raw)} values, expected {len(args)}")
         item_types = list(args)
+    # A list in an override replaces the whole list, so each of its items is built complete.
     return tuple(
-        _convert(t, item, where.child(i, _line_of(item, where)), partial)
+        _convert(t, item, where.child(i, _line_of(item, where)), partial=False)
         for i, (t, item) in enumerate(zip(item_types, raw))
     )
+
+
+def _key_line(mapping: Any, key: Any, where: _Where) -> int:
+    return getattr(mapping, "key_lines", {}).get(str(key), where.line)
+
+
+def _check_keys(value: Any, meta: dict[str, Any], where: _Where) -> None:
+    """A mapping whose keys are names from a fixed list (activation families) names only those."""
+    allowed = meta.get("keys")
+    if allowed is None or not isinstance(value, dict):
+        return
+    for key in value:
+        if key not in allowed:
+            nearest = difflib.get_close_matches(str(key), list(allowed), n=1, cutoff=0.5)
+            hint = f"; did you mean {nearest[0]!r}?" if nearest else ""
+            raise where.child(str(key), where.line).error(f"unknown name {key!r}{hint} (names: {', '.join(allowed)})")
 
 
 def _line_of(item: Any, where: _Where) -> int:
@@ -218,13 +247,74 @@ def _convert_scalar(hint: type, raw: Any, where: _Where) -> Any:
     raise TypeError(f"unsupported config type {hint!r}")  # a bug in the dataclasses above
 
 
-def _check_range(value: Any, meta: dict[str, Any], where: _Where) -> None:
-    """Numbers (and tuples of numbers) must lie in the field's [low, high]."""
+def _check_numbers(value: Any, meta: dict[str, Any], where: _Where) -> None:
+    """Numbers (and tuples of numbers) must be finite and lie in the field's [low, high]."""
     low, high = meta.get("low"), meta.get("high")
-    if low is None and high is None:
-        return
+    allowed = f"{low if low is not None else '-inf'} .. {high if high is not None else 'inf'}"
     for number in value if isinstance(value, tuple) else (value,):
-        is_number = isinstance(number, (int, float)) and not isinstance(number, bool)
-        if is_number and ((low is not None and number < low) or (high is not None and number > high)):
-            allowed = f"{low if low is not None else '-inf'} .. {high if high is not None else 'inf'}"
+        if not isinstance(number, (int, float)) or isinstance(number, bool):
+            continue
+        if not math.isfinite(number):
+            within = f" (allowed: {allowed})" if low is not None or high is not None else ""
+            raise where.error(f"got {number!r}, expected a finite number{within}")
+        if (low is not None and number < low) or (high is not None and number > high):
             raise where.error(f"got {number!r}, expected a value in {allowed}")
+
+
+def check_overrides(config: AuditConfig, data: Any, source: str) -> None:
+    """Every override holds where it applies, and every layer rule's check section can take effect.
+
+    A model's ``checks`` is applied over the top-level ones, and each ``layers:`` rule over those of
+    the top level and of every model: a cross-field rule broken only in combination (a model's
+    ``sparsity.max`` below the top level's ``min``) is found here, before any model loads, not
+    when a layer is planned. A rule's section for a check that is off for every model would
+    change nothing, and is refused.
+    """
+    bases = [("the top-level checks", config.checks)]
+    for index, spec in enumerate(config.models):
+        path = (data, source, "models", index, "checks")
+        bases.append(
+            (f"models[{index}] ({spec.path})", _applied(config.checks, spec.checks, path, "the top-level checks"))
+        )
+    for index, rule in enumerate(config.layers):
+        path = (data, source, "layers", index, "checks")
+        for name, base in bases:
+            _applied(base, rule.checks, path, f"the checks of {name}")
+        for check, section in rule.checks.items():
+            if "enabled" not in section and not _runs_somewhere(config, check, [base for _, base in bases]):
+                here = "" if check == "lr_sanity" else ", or give enabled: true here for these layers only"
+                raise _located(*path, check).error(
+                    f"{check} is off for every model, so this rule would change nothing; turn it on under "
+                    f"checks.{check} (or a model's checks){here}"
+                )
+
+
+def _applied(base: Any, overrides: dict[str, Any], path: tuple[Any, ...], over: str) -> Any:
+    """``overrides`` applied over ``base``; a broken cross-field rule is located at its key under ``path``."""
+    try:
+        return apply_overrides(base, overrides)
+    except FieldRuleError as exc:
+        raise _located(*path, *exc.key.split(".")).error(f"{exc} (applied over {over})") from None
+
+
+def _runs_somewhere(config: AuditConfig, check: str, bases: list[Any]) -> bool:
+    """Whether ``check`` is on for some model, or explicitly for some layers (not lr_sanity: it runs per model)."""
+    if any(getattr(base, check).enabled for base in bases):
+        return True
+    return check != "lr_sanity" and any(rule.checks.get(check, {}).get("enabled") for rule in config.layers)
+
+
+def _located(data: Any, source: str, *path: str | int) -> _Where:
+    """Where the value at ``path`` (keys and list indices from the top) sits; its nearest known line."""
+    where, node = _Where(source, "", 1), data
+    for key in path:
+        if isinstance(node, dict) and key in node:
+            line = getattr(node, "key_lines", {}).get(str(key), where.line)
+            node = node[key]
+        elif isinstance(node, list) and isinstance(key, int) and key < len(node):
+            node = node[key]
+            line = _line_of(node, where)
+        else:
+            node, line = None, where.line
+        where = where.child(key, line)
+    return where

@@ -41,6 +41,8 @@ def _type_schema(hint: Any) -> dict[str, Any]:
             "maxItems": len(args),
         }
     if origin is dict or hint is dict:
+        if args and dataclasses.is_dataclass(args[1]):
+            return {"type": "object", "additionalProperties": _type_schema(args[1])}
         return {"type": "object"}
     return {
         bool: {"type": "boolean"},
@@ -57,6 +59,8 @@ def _field_schema(field: dataclasses.Field, hint: Any) -> dict[str, Any]:
     if field.metadata.get("doc"):
         schema["description"] = field.metadata["doc"]
     _apply_range(schema, field.metadata.get("low"), field.metadata.get("high"))
+    if field.metadata.get("keys"):
+        schema["propertyNames"] = {"enum": list(field.metadata["keys"])}
     default = field.default if field.default is not dataclasses.MISSING else None
     if isinstance(default, (bool, int, float, str)) and overrides is None:
         schema["default"] = default

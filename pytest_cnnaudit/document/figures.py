@@ -102,7 +102,7 @@ class LrModelFigures:
 
 @dataclass(frozen=True)
 class ColorBoundFigures:
-    """One ``checks.color.layers`` bound on a layer's share of colour-selective channels (by CSI)."""
+    """One ``checks.color.layers`` bound on a layer's share of CSI-selective channels."""
 
     channels: int
     defined: int
@@ -119,7 +119,11 @@ class ColorBoundFigures:
 class ColorFigures:
     """``color[<layer>]``: the first conv's weight-based figures, when this is the first conv, and every bound.
 
-    First-layer fields are None on other layers; ``bounds`` is empty when no bound matches.
+    First-layer fields are None on other layers; ``bounds`` is empty when no bound matches. Two
+    shares have two names: ``tuned_*`` counts the first conv's colour-tuned filters (from their
+    weights), ``csi_selective_*`` the layer's CSI-selective channels (from activations). The older
+    ``selective_*`` keys stay for readers of schema 1: the weight-based share on the first conv,
+    the CSI-based one on other layers.
     """
 
     channels: int
@@ -138,6 +142,9 @@ class ColorFigures:
     defined: int | None = None
     match: str | None = None
     bounds: tuple[ColorBoundFigures, ...] = ()
+    tuned_count: int | None = None
+    tuned_fraction: float | None = None
+    csi_selective_count: int | None = None
 
 
 Figures = SparsityFigures | DeadFiltersFigures | BaselineFigures | LrLayerFigures | LrModelFigures | ColorFigures

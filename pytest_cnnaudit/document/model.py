@@ -78,6 +78,7 @@ class LayerDocument:
     channel_max: tuple[float, ...] | None = None
     channel_mean: tuple[float, ...] | None = None
     unmeasured: str | None = None  # why the zero-based checks could not measure this layer
+    definition: str | None = None  # what counts as inactive, e.g. "output <= zero_eps"
 
 
 @dataclass(frozen=True)

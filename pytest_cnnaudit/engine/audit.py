@@ -42,7 +42,7 @@ def probe_set_for(config: AuditConfig, size: tuple[int, int]) -> ProbeSet:
     probe = config.probe
     if probe.images is None:
         return default_probe_set(size, probe.count, probe.seed)
-    return user_probe_set(config.base_dir / probe.images, size, probe.count, probe.seed)
+    return user_probe_set(config.base_dir / probe.images, size, probe.count, probe.seed, probe.augment)
 
 
 def load_error_document(name: str, message: str, spec: ModelSpec | None = None) -> ModelDocument:
@@ -62,9 +62,14 @@ def failed_plan_document(plan: ModelPlan, message: str) -> ModelDocument:
 
 
 def _layer_documents(plan: ModelPlan, stats: dict[str, ChannelStats]) -> tuple[LayerDocument, ...]:
+    """Each layer with what the main pass measured; a layer the checks cannot judge (a saturating or no
+    activation) says why and shows no sparsity or dead channels, though its tensor may have been measured."""
     layers = []
     for info in plan.layers:
-        measured = stats.get(info.id)
+        reason = unmeasurable_reason(info)
+        measured = stats.get(info.id) if reason is None else None
+        if reason is None and measured is None:
+            reason = "its activation was not measured"
         layers.append(
             LayerDocument(
                 id=info.id,
@@ -75,7 +80,8 @@ def _layer_documents(plan: ModelPlan, stats: dict[str, ChannelStats]) -> tuple[L
                 dead_channels=measured.dead_channels if measured is not None else None,
                 channel_max=tuple(measured.max.tolist()) if measured is not None else None,
                 channel_mean=tuple(measured.mean.tolist()) if measured is not None else None,
-                unmeasured=unmeasurable_reason(info) if measured is None else None,
+                unmeasured=reason,
+                definition=info.definition,
             )
         )
     return tuple(layers)

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..backends.base import Backend, LayerInfo
-from ..config.model import AuditConfig, ChecksConfig, InputSpec, ModelSpec
+from ..config.checks import ChecksConfig
+from ..config.model import AuditConfig, InputSpec, ModelSpec
 from ..document import Baseline, Verdict
 from .probes import ProbeSet
 from .stats import ChannelStats

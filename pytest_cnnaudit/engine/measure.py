@@ -46,6 +46,8 @@ def fit_batch_size(backend: Backend, probes: ProbeSet, batch_size: int, budget_m
 
     first = next(probes.batches(1))
     run_padded(backend, to_model_input(first, backend.input_spec), weigh)
+    if emitted == 0:  # nothing measurable is emitted: the batch size only bounds the model's own memory
+        return backend.fixed_batch or batch_size
     per_image = ACTIVATION_OVERHEAD * emitted * (backend.fixed_batch or 1) / 2**20
     if backend.fixed_batch is not None:
         if per_image > budget_mb:

@@ -9,6 +9,11 @@ drawn from ``numpy.random.default_rng([seed, index])`` (PCG64, identical on
 every platform), and the shipped photographs are lossless PNGs, so the same
 configuration yields the same pixels on every run and machine.
 
+A team's own images (a folder, or a ``.npy`` array) are used as they are when there are
+enough of them: each once, resized so that the short side fits and centre-cropped to the
+input's aspect ratio, as typical preprocessing does. Seeded crops (``probe.augment: crops``)
+remain the default for the four shipped photographs and when ``count`` exceeds the images.
+
 Images leave this module as float32 RGB in [0, 1], shape (N, H, W, 3);
 :func:`to_model_input` turns them into what a model expects.
 """
@@ -39,14 +44,36 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 def _read_rgb(path: Path | str) -> np.ndarray:
-    """Decode one image file to float32 RGB in [0, 1]; a bad file names itself."""
+    """Decode one image file to float32 RGB in [0, 1]; a bad file names itself.
+
+    16-bit images are scaled by 65535 (Pillow would clip them to white when converting to
+    8-bit RGB); a palette or an alpha channel is converted as usual.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
+            if image.mode.startswith("I") or image.mode == "F":
+                return _wide_gray(np.asarray(image), image.mode, path)
             return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
     except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise ProbeError(f"probe image {path} cannot be read: {exc}") from None
+        raise ProbeError(f"probe image {path} is not a readable image: {exc}") from None
+
+
+def _wide_gray(pixels: np.ndarray, mode: str, path: Path | str) -> np.ndarray:
+    """A 16-bit (``I;16``, or ``I`` within 0..65535) or float (``F``, within [0, 1]) grayscale image as RGB."""
+    low, high = (float(pixels.min()), float(pixels.max())) if pixels.size else (0.0, 0.0)
+    if mode == "F":
+        if not (np.isfinite(pixels).all() and low >= 0.0 and high <= 1.0):
+            raise ProbeError(f"probe image {path}: float pixels range {low:g} .. {high:g}, expected within [0, 1]")
+        gray = pixels.astype(np.float32)
+    else:
+        if low < 0 or high > 65535:
+            raise ProbeError(
+                f"probe image {path}: integer pixels range {low:g} .. {high:g}, expected 16-bit (0 .. 65535)"
+            )
+        gray = pixels.astype(np.float32) / 65535.0
+    return np.repeat(gray[..., None], 3, axis=-1)
 
 
 @cache
@@ -82,13 +109,25 @@ def seeded_crop(image: np.ndarray, size: tuple[int, int], rng: np.random.Generat
     return _resize(np.ascontiguousarray(crop), size)
 
 
+def centre_crop(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` resized to cover ``size`` (the side that fits last decides the scale), then cropped to it
+    in the centre: torchvision's ``Resize`` then ``CenterCrop``, as a model's own preprocessing does."""
+    height, width = image.shape[:2]
+    scale = max(size[0] / height, size[1] / width)
+    covering = (max(size[0], round(height * scale)), max(size[1], round(width * scale)))
+    resized = image if covering == (height, width) else _resize(image, covering)
+    top, left = round((covering[0] - size[0]) / 2), round((covering[1] - size[1]) / 2)
+    return resized[top : top + size[0], left : left + size[1]]
+
+
 @dataclass(frozen=True)
 class ProbeSet:
     """A deterministic, lazily generated sequence of probe images.
 
-    ``sources`` are the base images (paths or shipped photo names); image
-    ``index`` is a seeded crop of ``sources[index % len(sources)]``, except for
-    ``.npy`` sources, whose images are used as they are (resized if needed).
+    ``sources`` are the base images (paths or shipped photo names; empty for a ``.npy``
+    array, whose rows are the base images). With ``crops``, image ``index`` is a seeded crop
+    of base image ``index % available``; without, it is base image ``order[index]`` as it is,
+    resized and centre-cropped to ``size``.
     """
 
     description: str
@@ -97,30 +136,46 @@ class ProbeSet:
     seed: int
     sources: tuple[str, ...]
     npy_path: str | None = None
+    crops: bool = True
+    order: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return self.count
 
-    def image(self, index: int) -> np.ndarray:
+    def _base(self, number: int) -> np.ndarray:
         if self.npy_path is not None:
             array = np.load(self.npy_path, mmap_mode="r", allow_pickle=False)
-            image = np.asarray(array[index], dtype=np.float32)
-            # Integer arrays are 0-255 whatever one image's brightness; floats above 1 are too.
-            if np.issubdtype(array.dtype, np.integer) or image.max(initial=0.0) > 1.0:
-                image = image / 255.0
-            if image.shape[:2] != self.size:
-                image = _resize(image, self.size)
-            return image.astype(np.float32)
-        source = self.sources[index % len(self.sources)]
-        base = _shipped_photo(source) if source in SHIPPED_PHOTOS else _read_rgb(source)
+            return npy_pixels(array, number)
+        source = self.sources[number]
+        return _shipped_photo(source) if source in SHIPPED_PHOTOS else _read_rgb(source)
+
+    def image(self, index: int) -> np.ndarray:
+        if not self.crops:
+            return centre_crop(self._base(self.order[index]), self.size).astype(np.float32)
+        available = len(self.sources) or _npy_length(self.npy_path)
         rng = np.random.default_rng([self.seed, index])
-        return seeded_crop(base, self.size, rng)
+        return seeded_crop(self._base(index % available), self.size, rng)
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
         """Yield (n, H, W, 3) float32 RGB batches; only one batch lives at a time."""
         for start in range(0, self.count, batch_size):
             stop = min(start + batch_size, self.count)
             yield np.stack([self.image(i) for i in range(start, stop)])
+
+
+def npy_pixels(array: np.ndarray, number: int) -> np.ndarray:
+    """Row ``number`` of a probe array as float32 RGB in [0, 1]: 8-bit integers (and floats above 1) are
+    0-255, 16-bit ones 0-65535, whatever one image's brightness."""
+    image = np.asarray(array[number], dtype=np.float32)
+    if array.dtype.itemsize == 2 and np.issubdtype(array.dtype, np.integer):
+        return image / 65535.0
+    if np.issubdtype(array.dtype, np.integer) or image.max(initial=0.0) > 1.0:
+        return image / 255.0
+    return image
+
+
+def _npy_length(path: str | None) -> int:
+    return int(np.load(str(path), mmap_mode="r", allow_pickle=False).shape[0])
 
 
 def default_probe_set(size: tuple[int, int], count: int = 32, seed: int = 0) -> ProbeSet:
@@ -134,25 +189,61 @@ def default_probe_set(size: tuple[int, int], count: int = 32, seed: int = 0) -> 
     )
 
 
-def user_probe_set(images: Path, size: tuple[int, int], count: int | None, seed: int) -> ProbeSet:
-    """The user's own probe images: a folder of image files, or an (N, H, W, 3) ``.npy`` array."""
+def user_probe_set(
+    images: Path, size: tuple[int, int], count: int | None, seed: int, augment: str | None = None
+) -> ProbeSet:
+    """The user's own probe images: a folder of image files, or an (N, H, W, 3) ``.npy`` array.
+
+    ``count`` None: every image. Unless ``augment`` is ``crops``, each image is used once, as it
+    is (a seeded choice of ``count`` of them when there are more); when ``count`` exceeds the
+    images, seeded crops are drawn, or, under ``augment: none``, that is an error.
+    """
     if not images.exists():
         raise ProbeError(f"probe.images: {images} does not exist")
+    files: tuple[str, ...] = ()
+    npy_path = None
     if images.is_file():
-        if images.suffix != ".npy":
-            raise ProbeError(f"probe.images: {images} is neither a folder nor a .npy array")
-        try:
-            array = np.load(images, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise ProbeError(f"probe.images: {images} is not a readable .npy array: {exc}") from None
-        if array.ndim != 4 or array.shape[-1] != 3:
-            raise ProbeError(f"probe.images: {images} has shape {array.shape}, expected (N, H, W, 3) RGB")
-        available = int(array.shape[0])
-        return ProbeSet(
-            f"{images} ({available} images)", size, min(count or available, available), seed, (), str(images)
+        available = _checked_npy(images)
+        npy_path = str(images)
+    else:
+        files = image_files(images)
+        available = len(files)
+    count = available if count is None else count
+    crops = augment == "crops" or (augment is None and count > available)
+    if augment == "none" and count > available:
+        raise ProbeError(
+            f"probe.images: {images} holds {available} images, fewer than probe.count {count}; lower the count, "
+            "or set probe.augment: crops to draw seeded crops"
         )
-    files = image_files(images)
-    return ProbeSet(f"{images} ({len(files)} images), seeded crops", size, count or len(files), seed, tuple(files))
+    if crops:
+        description = f"{images} ({available} images), {count} seeded crops"
+        return ProbeSet(description, size, count, seed, files, npy_path)
+    chosen = range(available) if count == available else np.random.default_rng(seed).choice(available, count, False)
+    order = tuple(sorted(int(number) for number in chosen))
+    which = "each" if count == available else f"{count} of them (seeded choice), each"
+    description = f"{images} ({available} images), {which} once, resized and centre-cropped"
+    return ProbeSet(description, size, count, seed, files, npy_path, crops=False, order=order)
+
+
+def _checked_npy(path: Path) -> int:
+    """The number of images in a probe ``.npy``: (N, H, W, 3) with N >= 1, every pixel finite."""
+    if path.suffix != ".npy":
+        raise ProbeError(f"probe.images: {path} is neither a folder nor a .npy array")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise ProbeError(f"probe.images: {path} is not a readable .npy array: {exc}") from None
+    if array.ndim != 4 or array.shape[-1] != 3:
+        raise ProbeError(f"probe.images: {path} has shape {array.shape}, expected (N, H, W, 3) RGB")
+    if array.shape[0] == 0 or 0 in array.shape[1:3]:
+        raise ProbeError(f"probe.images: {path} has shape {array.shape}: it holds no image")
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ProbeError(f"probe.images: {path} holds {array.dtype} values, expected integer or float pixels")
+    if np.issubdtype(array.dtype, np.floating):
+        for number in range(array.shape[0]):  # one image at a time: the array may be larger than memory
+            if not np.isfinite(array[number]).all():
+                raise ProbeError(f"probe.images: {path}: image {number} has NaN or infinite pixels")
+    return int(array.shape[0])
 
 
 def image_files(folder: Path) -> tuple[str, ...]:
@@ -163,18 +254,16 @@ def image_files(folder: Path) -> tuple[str, ...]:
     return files
 
 
-def check_probe_source(images: Path) -> None:
-    """Validate the user's probe images before any model loads: every file's header must decode."""
-    from PIL import Image, UnidentifiedImageError
-
-    user_probe_set(images, (1, 1), None, 0)  # existence, folder contents, .npy shape
-    if images.is_dir():
-        for name in image_files(images):
-            try:
-                with Image.open(name) as image:
-                    image.verify()
-            except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-                raise ProbeError(f"probe.images: {name} is not a readable image: {exc}") from None
+def check_probe_source(images: Path, count: int | None = None, augment: str | None = None) -> None:
+    """Validate the user's probe images before any model loads: the set can be built (existence, folder
+    contents, the ``.npy``'s shape and pixels, enough images for ``augment: none``) and every file decodes."""
+    probes = user_probe_set(images, (1, 1), count, 0, augment)
+    used = range(min(probes.count, len(probes.sources))) if probes.crops else probes.order
+    for number in used if probes.sources else ():
+        try:
+            _read_rgb(probes.sources[number])
+        except ProbeError as exc:
+            raise ProbeError(f"probe.images: {exc}") from None
 
 
 def pattern_probes(size: tuple[int, int], hues: int = 8) -> tuple[np.ndarray, tuple[str, ...]]:

@@ -28,6 +28,7 @@ class ChannelStats:
     """Per-channel statistics of one activation tensor over the whole probe set."""
 
     count: int  # values per channel (images x positions)
+    images: int  # probe images reduced
     inactive: np.ndarray  # (C,) int64: values <= eps (for every rectifier: where it is switched off)
     max: np.ndarray  # (C,) float64
     mean: np.ndarray  # (C,) float64
@@ -132,7 +133,9 @@ class ChannelAccumulator:
             # One image at a time: the temporaries (a mask, a float64 copy) are one image's maps, not
             # the batch's, and stay in cache; measured 2x faster than whole-batch reductions on resnet50.
             image = values[i]
-            # One definition for every rectifier: a value is inactive when <= eps (for ReLU with eps 0: == 0).
+            # Active: a > eps. A rectifier's output is <= 0 exactly where its input is, so this one
+            # definition serves ReLU (where it counts exact zeros) to GELU. Compared in the
+            # activation's own precision (float16 activations against eps rounded to float16).
             # Bytes summed into int32, not count_nonzero: along an axis that casts every bool to intp (1.5x slower).
             active[i] = np.add.reduce((image > self.eps).view(np.uint8), axis=1, dtype=np.int32)
             # Sums in float64: float32 squares lose a large-offset channel's variance entirely.
@@ -159,6 +162,7 @@ class ChannelAccumulator:
         self._merge(n, inactive, per_input_max.max(axis=0).astype(np.float64), batch_mean, batch_m2)
         if self.top_k:
             self._keep_top(per_input_max.astype(np.float32))
+        self._images += images
 
     def _keep_top(self, per_input_max: np.ndarray) -> None:
         """Merge a batch's (n, C) maxima into each channel's top ``top_k`` images.
@@ -167,7 +171,6 @@ class ChannelAccumulator:
         maximum alone breaks ties by image index, as sorting the whole probe set would.
         """
         images = np.arange(self._images, self._images + per_input_max.shape[0])
-        self._images += per_input_max.shape[0]
         candidates = np.broadcast_to(images[:, None], per_input_max.shape)
         if self._top_max is not None and self._top_images is not None:
             per_input_max = np.concatenate([self._top_max, per_input_max])
@@ -199,6 +202,7 @@ class ChannelAccumulator:
             raise ValueError("no batch was accumulated")
         return ChannelStats(
             count=self._count,
+            images=self._images,
             inactive=self._inactive,
             max=self._max,
             mean=self._mean,

@@ -22,6 +22,7 @@ from ..engine.audit import audit_document, load_error_document, run_audit
 from ..engine.check import ModelPlan
 from ..engine.isolation import audit_isolated
 from ..engine.planning import named, planned_items
+from ..errors import ConfigError
 from .planning import layout_for
 from .state import STATE, PluginState, path_key
 
@@ -61,13 +62,22 @@ class ModelFile(pytest.File):
         state = self.state
         spec = state.audit_config.model_spec(self.path)
         layout = layout_for(self.config, self.path)
+        plan = (
+            None
+            if isinstance(layout, str)
+            else ModelPlan(self.model_name, spec, state.audit_config, layout, state.baseline)
+        )
+        try:
+            items = planned_items(plan) if plan is not None else []
+        except ConfigError as exc:  # layer rules that break a limit only together, on this model's layers
+            layout = str(exc)
         if isinstance(layout, str):
             self._load_error = named(self.model_name, layout, self.path)
             yield AuditItem.from_parent(self, name=LOAD_CHECK, check=LOAD_CHECK, layer=None)
             return
-        self._plan = ModelPlan(self.model_name, spec, state.audit_config, layout, state.baseline)
+        self._plan = plan
         state.layer_ids.update(info.id for info in layout.layers)
-        for check, layer in planned_items(self._plan):
+        for check, layer in items:
             yield AuditItem.from_parent(self, name=item_id(check, layer), check=check, layer=layer)
 
     def document(self) -> ModelDocument:
@@ -86,13 +96,17 @@ class ModelFile(pytest.File):
         plan, state = self._plan, self.state
         assert plan is not None
         progress = functools.partial(state.progress, self.model_name) if state.progress else None
-        if plan.config.runtime.isolate:
-            return audit_isolated(self.path, plan, state.pictures, progress)
-        opened = state.opened.pop(path_key(self.path), None)
-        if opened is not None:
-            opened.name = self.model_name
-            return run_audit(opened, plan.baseline, state.pictures, progress)
-        return audit_document(self.path, plan.config, plan.spec, plan.name, plan.baseline, state.pictures, progress)
+        try:
+            if plan.config.runtime.isolate:
+                return audit_isolated(self.path, plan, state.pictures, progress)
+            opened = state.opened.pop(path_key(self.path), None)
+            if opened is not None:
+                opened.name = self.model_name
+                return run_audit(opened, plan.baseline, state.pictures, progress)
+            return audit_document(self.path, plan.config, plan.spec, plan.name, plan.baseline, state.pictures, progress)
+        finally:
+            if state.progress is not None:
+                state.progress.ended(self.model_name)
 
     def report_payload(self, verdict: Verdict) -> dict[str, Any]:
         """What an item's report carries to the controller: its verdict and, on one item, the model's document."""

@@ -49,14 +49,16 @@ def _holds_tests(folder: Path) -> bool:
 
 def model_files(config: pytest.Config) -> list[Path]:
     """The model files this run audits, in command-line order (folders expanded); a folder given on the
-    command line that holds neither a model file nor tests is a usage error."""
+    command line that holds neither a model file nor tests is a usage error (the invocation folder or
+    ``testpaths``, used when no path is given, are only searched)."""
     norecurse = list(config.getini("norecursedirs"))
+    given = config.args_source == pytest.Config.ArgsSource.ARGS
     found: dict[str, Path] = {}
     for arg in config.args:
         path = Path(arg.split("::")[0])
         if path.is_dir():
             inside = models_in_folder(path, norecurse)
-            if not inside and not _holds_tests(path):
+            if given and not inside and not _holds_tests(path):
                 suffixes = ", ".join(MODEL_SUFFIXES)
                 raise pytest.UsageError(f"cnnaudit: {arg} holds no model file (looked for {suffixes}) and no tests")
             found.update((path_key(model), model) for model in inside)
@@ -107,11 +109,14 @@ def session_layouts(config: pytest.Config) -> Layouts:
 
 
 def relative_to_root(path: str | Path, root: Path) -> str:
-    """``path`` relative to the rootdir when it lies inside it (as pytest prints node ids), else as given."""
+    """How every report, node id and baseline names a model file (and the header its config): its path
+    relative to the rootdir, ``/``-separated, with ``..`` when it lies outside (a model listed in a
+    config elsewhere); absolute only when no relative path exists (another drive)."""
+    absolute = os.path.abspath(path)  # as pytest makes node ids: symbolic links are not followed
     try:
-        return Path(path).resolve().relative_to(root.resolve()).as_posix()
+        return Path(os.path.relpath(absolute, os.path.abspath(root))).as_posix()
     except ValueError:
-        return str(path)
+        return Path(absolute).as_posix()
 
 
 def layout_for(config: pytest.Config, path: Path) -> ModelLayout | str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from ..document.json_form import from_json_value, to_json_value
 from ..document.pictures import Pictures
 from ..engine.check import ModelLayout
 from ..engine.planning import OpenedModel
+from .progress import MeasuringProgress
 
 #: What planning found per model file (by resolved path): its layout, or why it cannot be opened.
 Layouts = dict[str, ModelLayout | str]
@@ -28,7 +28,8 @@ class PluginState:
     config_path: str | None
     baseline: Baseline | None = None
     pictures: bool = False  # capture picture data for --cnnaudit-html / pytest-html
-    progress: Callable[[str, int, int], None] | None = None  # (model, images done, total); None: quiet
+    config_found: str = ""  # how the config was found, when the header must say it (the invocation folder's)
+    progress: MeasuringProgress | None = None  # called (model, images done, total); None: quiet
     layouts: Layouts | None = None  # planned once per session (the controller's, handed to xdist workers)
     opened: dict[str, OpenedModel] = field(default_factory=dict)  # kept open from planning when not isolated
     layer_ids: set[str] = field(default_factory=set)  # of every model collected, for the layers: globs

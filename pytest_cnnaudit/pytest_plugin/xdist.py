@@ -1,9 +1,9 @@
-"""pytest-xdist scheduling that keeps each model's items on one worker.
+"""pytest-xdist scheduling that keeps each model's items on one worker, so each model is measured once.
 
-Why not just the ``xdist_group`` mark: xdist implements groups by rewriting
-``item._nodeid``, which pytest 9 no longer reads, so ``--dist loadgroup``
-spreads a group over workers there and each worker would measure the model
-again. Scheduling by model file does not depend on that.
+Used for ``-n N`` (xdist's ``load``) and ``--dist loadgroup``. Why not the ``xdist_group`` mark:
+xdist implements groups by rewriting ``item._nodeid``, which pytest 9 no longer reads, so a marked
+group is spread over workers there. Scheduling by model file does not depend on that, so the
+items carry no ``xdist_group`` mark; other tests are grouped (or not) as xdist would.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from ..backends import MODEL_SUFFIXES
 
 
 class ModelGroupScheduling(LoadGroupScheduling):
-    """``loadgroup``, with every item of a model file in the model's own group."""
+    """``loadgroup``, with every item of a model file in the model's own group; other items as xdist groups them."""
 
     def _split_scope(self, nodeid: str) -> str:
         path = nodeid.split("::", 1)[0]

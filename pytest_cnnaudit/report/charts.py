@@ -189,7 +189,7 @@ def channel_chart(layer: LayerDocument) -> Figure:
 
 
 def colour_profile_chart(profile: ColorProfile) -> Figure:
-    """Median CSI and the colour-selective share per layer across depth, with the CSI threshold."""
+    """Median CSI and the share of CSI-selective channels per layer across depth, with the CSI threshold."""
     entries = profile.layers
     layer_ids = [entry.id for entry in entries]
     figure, axes = _layer_figure(len(entries))
@@ -197,7 +197,7 @@ def colour_profile_chart(profile: ColorProfile) -> Figure:
     median = [np.nan if e.csi_median is None else e.csi_median for e in entries]
     selective = [np.nan if e.selective_fraction is None else e.selective_fraction for e in entries]
     axes.plot(x, median, "o-", color=PASSED, label="median CSI")
-    axes.plot(x, selective, "s--", color=SELECTIVE, label="colour-selective share")
+    axes.plot(x, selective, "s--", color=SELECTIVE, label="CSI-selective channels")
     thresholds = [entry.csi_threshold for entry in entries]
     axes.hlines(thresholds, x - 0.45, x + 0.45, colors="black", linestyles=":", label="CSI threshold")
     axes.set_ylim(-0.02, 1.02)
@@ -236,7 +236,7 @@ def _frame(axes: Any, corner: tuple[int, int], size: tuple[int, int], colour: st
 
 
 def filter_grid(filters: FilterTiles, selective: list[bool]) -> Figure:
-    """The first conv's filters as RGB tiles (each scaled to its own [min, max]); colour-selective ones framed."""
+    """The first conv's filters as RGB tiles (each scaled to its own [min, max]); colour-tuned ones framed."""
     tiles = _upscaled(filters.tiles.decode().astype(float) / 255.0, 15)
     columns = min(16, max(1, math.ceil(math.sqrt(len(tiles) * 2))))
     canvas, corners = _mosaic(tiles, columns, gap=4, fill=1.0)

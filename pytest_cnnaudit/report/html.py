@@ -6,7 +6,7 @@ verdict table (failures first), then a section per check with its pictures (:mod
 per-layer sparsity and dead-fraction charts with their limits drawn in, one probe image's
 activation maps at the first conv and at a deep layer (dead channels framed), the dead channels by
 evidence with their cost and the revivable ones' witnesses, the first conv's
-filters as RGB tiles (colour-selective ones framed), the colour profile across depth, and the
+filters as RGB tiles (colour-tuned ones framed), the colour profile across depth, and the
 learning-rate sweep when there is one. Pictures are inlined as PNG data URIs; the page has no
 script and no external asset, so it opens offline.
 """
@@ -56,7 +56,7 @@ def check_rows(document: ModelDocument, check: str) -> list[Verdict]:
 
 
 def selective_filters(document: ModelDocument, count: int) -> list[bool]:
-    """Per first-conv filter: colour-selective (chromatic energy fraction > the layer's CSI threshold)."""
+    """Per first-conv filter: colour-tuned (chromatic energy fraction of its weights > the CSI threshold)."""
     profile = document.color_profile
     first = profile.first_layer if profile is not None else None
     if profile is None or first is None:
@@ -255,7 +255,8 @@ def _colour_section(document: ModelDocument, pictures: Pictures | None) -> str:
     if profile is not None and profile.layers:
         caption = (
             "Median colour selectivity index (CSI) of each layer's channels over their top probe images, and the "
-            "share of channels above the threshold."
+            "share of CSI-selective channels (CSI above the threshold): measured from activations, unlike the "
+            "colour-tuned filters above, which are read from the weights."
         )
         parts.append(_figure(colour_profile_chart(profile), caption, "colour profile"))
     return f'<div class="row">{"".join(parts)}</div>' if parts else ""
@@ -292,14 +293,25 @@ def _check_section(model_id: str, check: str, document: ModelDocument, pictures:
     )
 
 
+#: A model's badge: failed, not measured (no layer could be judged: never a pass), passed, or skipped
+#: (every item skipped or not run).
+STATES = ("failed", "not measured", "passed", "skipped")
+#: The per-layer checks that give the model an item of its own only when none of its layers can be judged.
+LAYER_CHECKS = ("sparsity", "dead_filters")
+
+
 def _state(document: ModelDocument) -> str:
-    failed = document.error is not None or any(v.outcome == "failed" for v in document.verdicts)
-    return "failed" if failed else "passed"
+    if document.error is not None or any(v.outcome == "failed" for v in document.verdicts):
+        return "failed"
+    if any(v.layer is None and v.check in LAYER_CHECKS for v in document.verdicts):
+        return "not measured"  # allowed by allow_unmeasured, so skipped: still not a pass
+    return "passed" if any(v.outcome == "passed" for v in document.verdicts) else "skipped"
 
 
 def model_section(model_id: str, document: ModelDocument, pictures: Pictures | None) -> str:
     """One model: its verdict table (failures first), then a section per check."""
     state = _state(document)
+    badge = _outcome_class(state)
     meta = [_e(_counts(list(document.verdicts)))]
     if document.input is not None and document.probe is not None:
         spec, probe = document.input, document.probe
@@ -314,8 +326,8 @@ def model_section(model_id: str, document: ModelDocument, pictures: Pictures | N
     checks = list(dict.fromkeys(row.check for row in sorted(document.verdicts, key=_check_rank)))
     sections = "".join(_check_section(model_id, check, document, pictures) for check in checks)
     return (
-        f'<section class="model {state}" id="{model_id}" data-model="{_e(document.path)}">'
-        f'<h2>{_e(document.path)} <span class="badge {state}">{state}</span></h2>'
+        f'<section class="model {badge}" id="{model_id}" data-model="{_e(document.path)}">'
+        f'<h2>{_e(document.path)} <span class="badge {badge}">{_e(state)}</span></h2>'
         f'<div class="meta">{" · ".join(meta)}</div><h3>Verdicts</h3>{_table(_ordered(document))}{sections}</section>'
     )
 
@@ -326,20 +338,24 @@ def _check_rank(row: Verdict) -> int:
 
 
 def build_html(documents: list[ModelDocument], pictures: dict[str, Pictures], version: str = "") -> str:
-    """The whole page; models with a failure (or an error) come first, then the others, each group by name."""
-    models = sorted(documents, key=lambda document: (_state(document) != "failed", document.path))
+    """The whole page; models with a failure (or an error) come first, then those where nothing was measured,
+    then the others, each group by name."""
+    models = sorted(documents, key=lambda document: (STATES.index(_state(document)), document.path))
     ids = {doc.path: f"model-{i}-{re.sub(r'[^A-Za-z0-9_-]+', '-', doc.path)}" for i, doc in enumerate(models)}
     sections = "".join(model_section(ids[doc.path], doc, pictures.get(doc.path)) for doc in models)
     toc = "".join(
-        f'<li><a href="#{ids[doc.path]}">{_e(doc.path)}</a> <span class="badge {_state(doc)}">{_state(doc)}</span></li>'
+        f'<li><a href="#{ids[doc.path]}">{_e(doc.path)}</a> '
+        f'<span class="badge {_outcome_class(_state(doc))}">{_e(_state(doc))}</span></li>'
         for doc in models
     )
     failed = sum(_state(doc) == "failed" for doc in models)
+    unmeasured = sum(_state(doc) == "not measured" for doc in models)
+    nothing = f", {unmeasured} where nothing was measured" if unmeasured else ""
     style = resources.files("pytest_cnnaudit.report").joinpath("report.css").read_text(encoding="utf-8")
     title = "cnnaudit report"
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
         f"<style>{style}</style></head><body><main><h1>{title}</h1>"
-        f'<p class="meta">pytest-cnnaudit {_e(version)} · {len(models)} model(s), {failed} with failures</p>'
+        f'<p class="meta">pytest-cnnaudit {_e(version)} · {len(models)} model(s), {failed} with failures{nothing}</p>'
         f'<ul class="toc">{toc}</ul>{sections}</main></body></html>\n'
     )

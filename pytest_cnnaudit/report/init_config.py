@@ -44,10 +44,17 @@ from ..document import (
 
 F = TypeVar("F")
 
-#: Absolute margin around measured fractions (sparsity, colour-selective share).
+#: Absolute margin around measured fractions (sparsity, share of colour-tuned filters).
 MARGIN = 0.05
 #: Plain words YAML 1.1 reads as something other than a string.
 YAML_WORDS = frozenset({"y", "n", "yes", "no", "on", "off", "true", "false", "null"})
+#: The largest starting config written (characters). A config with YAML aliases (in ``factory_kwargs``,
+#: say) can hold the same object many times over in a few hundred bytes; written out, it would not end.
+MAX_CONFIG_CHARS = 1_000_000
+
+
+class ConfigTooLarge(ValueError):
+    """The starting config would exceed :data:`MAX_CONFIG_CHARS`."""
 
 
 def glob_escape(layer_id: str) -> str:
@@ -64,8 +71,39 @@ def _float(value: float) -> str:
     return text
 
 
-def flow(value: Any) -> str:
-    """``value`` as a one-line YAML flow node."""
+def flow(value: Any, limit: int = MAX_CONFIG_CHARS) -> str:
+    """``value`` as a one-line YAML flow node. Never an alias: an object the config held several times is
+    written out each time, so :class:`ConfigTooLarge` is raised as soon as the text passes ``limit``."""
+    parts: list[str] = []
+    _write_flow(value, parts, [limit])
+    return "".join(parts)
+
+
+def _write_flow(value: Any, parts: list[str], left: list[int]) -> None:
+    """Append ``value``'s flow text to ``parts``; ``left[0]`` counts down the characters still allowed."""
+    if isinstance(value, dict):
+        pieces: list[Any] = ["{"]
+        for index, (key, item) in enumerate(value.items()):
+            pieces += [", " if index else "", f"{_key(key)}: ", item]
+        pieces.append("}")
+    elif isinstance(value, (list, tuple)):
+        pieces = ["["]
+        for index, item in enumerate(value):
+            pieces += [", " if index else "", item]
+        pieces.append("]")
+    else:
+        pieces = [_scalar(value)]
+    for piece in pieces:
+        if not isinstance(piece, str):
+            _write_flow(piece, parts, left)
+            continue
+        left[0] -= len(piece)
+        if left[0] < 0:
+            raise ConfigTooLarge(f"the starting config would be larger than {MAX_CONFIG_CHARS:,} characters")
+        parts.append(piece)
+
+
+def _scalar(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
@@ -77,11 +115,6 @@ def flow(value: Any) -> str:
     if isinstance(value, str):
         plain = re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", value) and value.lower() not in YAML_WORDS
         return value if plain else json.dumps(value)
-    if isinstance(value, dict):
-        items = (f"{_key(k)}: {flow(v)}" for k, v in value.items())
-        return "{" + ", ".join(items) + "}"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(flow(v) for v in value) + "]"
     raise TypeError(f"cannot write {value!r} to YAML")  # a bug in this module
 
 
@@ -291,6 +324,8 @@ class _Writer:
         }
         if probe.images is not None:
             section["images"] = _rebased(probe.images, self.source_dir, self.target_dir)
+        if probe.augment is not None:
+            section["augment"] = probe.augment
         self.add(f"probe: {flow(section)}", "the probe set these bounds were measured with")
 
     def layers(self) -> None:
@@ -349,4 +384,7 @@ def starting_config(
     writer.probe()
     writer.layers()
     writer.settings()
-    return "\n".join(writer.lines) + "\n"
+    text = "\n".join(writer.lines) + "\n"
+    if len(text) > MAX_CONFIG_CHARS:
+        raise ConfigTooLarge(f"the starting config would be larger than {MAX_CONFIG_CHARS:,} characters")
+    return text

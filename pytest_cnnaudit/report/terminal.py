@@ -4,28 +4,35 @@ from __future__ import annotations
 
 from ..document import DeadFiltersFigures, ModelDocument
 
+#: Terminal colour of a summary line (pytest's markup name), by the outcome it reports.
+OUTCOME_COLOURS = {"failed": "red", "skipped": "yellow"}
 
-def summary_lines(documents: list[ModelDocument]) -> list[str]:
+#: One line of the summary and its colour (None: the terminal's own).
+SummaryLine = tuple[str, str | None]
+
+
+def summary_lines(documents: list[ModelDocument]) -> list[SummaryLine]:
     """A table per model: layer, channels, sparsity, dead channels, the failed checks; then the dead channels'
     evidence and cost, its colour profile, and the model-level items that did not pass (nothing measured, not
-    in the baseline, ...)."""
-    lines: list[str] = []
+    in the baseline, ...), a failed one in red: a model where nothing could be measured must not read as a pass."""
+    lines: list[SummaryLine] = []
     for document in documents:
-        lines.append(document.path)
-        lines.extend(f"  note: {note}" for note in document.notes)
+        lines.append((document.path, None))
+        lines.extend((f"  note: {note}", None) for note in document.notes)
         if document.error is not None:
-            lines.append(f"  error: {document.error}")
+            lines.append((f"  error: {document.error}", "red"))
             continue
         lines.extend(_layer_table(document))
-        lines.extend(dead_channel_lines(document))
-        lines.extend(colour_profile_lines(document))
+        lines.extend((line, None) for line in dead_channel_lines(document))
+        lines.extend((line, None) for line in colour_profile_lines(document))
         for verdict in document.verdicts:
-            if verdict.layer is None and verdict.outcome in ("failed", "skipped"):
-                lines.append(f"  {verdict.check}: {verdict.outcome}: {verdict.message}")
+            if verdict.layer is None and verdict.outcome in OUTCOME_COLOURS:
+                line = f"  {verdict.check}: {verdict.outcome}: {verdict.message}"
+                lines.append((line, OUTCOME_COLOURS[verdict.outcome]))
     return lines
 
 
-def _layer_table(document: ModelDocument) -> list[str]:
+def _layer_table(document: ModelDocument) -> list[SummaryLine]:
     failed: dict[str, list[str]] = {}
     for verdict in document.verdicts:
         if verdict.layer is not None and verdict.outcome == "failed":
@@ -33,12 +40,13 @@ def _layer_table(document: ModelDocument) -> list[str]:
     if not document.layers:
         return []
     width = max(len("layer"), *(len(layer.id) for layer in document.layers))
-    lines = [f"  {'layer':<{width}}  {'channels':>8}  {'sparsity':>8}  {'dead':>5}  failed"]
+    lines: list[SummaryLine] = [(f"  {'layer':<{width}}  {'channels':>8}  {'sparsity':>8}  {'dead':>5}  failed", None)]
     for layer in document.layers:
         sparsity = f"{layer.sparsity:.3f}" if layer.sparsity is not None else "-"
         dead = str(len(layer.dead_channels)) if layer.dead_channels is not None else "-"
         checks = ", ".join(failed.get(layer.id, []))
-        lines.append(f"  {layer.id:<{width}}  {layer.channels:>8}  {sparsity:>8}  {dead:>5}  {checks}".rstrip())
+        row = f"  {layer.id:<{width}}  {layer.channels:>8}  {sparsity:>8}  {dead:>5}  {checks}".rstrip()
+        lines.append((row, "red" if checks else None))
     return lines
 
 
@@ -88,17 +96,17 @@ def _spent(value: int | None, share: float | None) -> str:
 
 
 def colour_profile_lines(document: ModelDocument) -> list[str]:
-    """The model's colour profile: median CSI, share of colour-selective channels and isoluminant share per layer."""
+    """The model's colour profile: median CSI, share of CSI-selective channels and isoluminant share per layer."""
     profile = document.color_profile
     if profile is None or not profile.layers:
         return []
     width = max(len("colour"), *(len(entry.id) for entry in profile.layers))
-    lines = [f"  {'colour':<{width}}  {'median CSI':>10}  {'selective':>9}  {'isoluminant':>11}"]
+    lines = [f"  {'colour':<{width}}  {'median CSI':>10}  {'CSI-selective':>13}  {'isoluminant':>11}"]
     for entry in profile.layers:
         median = _number(entry.csi_median, ".3f")
         fraction = _number(entry.selective_fraction, ".1%")
         share = _number(entry.isoluminant_share, ".3f")
-        lines.append(f"  {entry.id:<{width}}  {median:>10}  {fraction:>9}  {share:>11}")
+        lines.append(f"  {entry.id:<{width}}  {median:>10}  {fraction:>13}  {share:>11}")
     return lines
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ...errors import ModelError
-from ..base import LayerInfo
+from ..base import RECTIFIERS, LayerInfo
 from .activations import Activation, activation_of
 
 aten = torch.ops.aten
@@ -191,11 +191,16 @@ def instrument(
         if node.op != "call_function" or node.target not in CONV_TARGETS:
             continue
         found = find_activation(node)
-        key = found.node.name if found is not None else None
-        if found is not None and key not in recorded:
+        measured = found.node if found is not None else None
+        definition = "output <= zero_eps" if found is not None and found.kind in RECTIFIERS else None
+        if found is not None and negative_slope_prelu(graph_module, found.node):
+            measured = found.node.args[0]  # the pre-activation: "<= 0" is inactive whatever a channel's slope
+            definition = "pre-activation <= zero_eps (a PReLU with negative slopes: its output is > 0 on both sides)"
+        key = measured.name if measured is not None else None
+        if measured is not None and key not in recorded:
             recorded.add(key)
-            with graph_module.graph.inserting_after(found.node):
-                graph_module.graph.call_function(record, (key, found.node))
+            with graph_module.graph.inserting_after(measured):
+                graph_module.graph.call_function(record, (key, measured))
         layers.append(
             LayerInfo(
                 id=layer_id(node),
@@ -203,10 +208,21 @@ def instrument(
                 activation=found.kind if found is not None else None,
                 channels=_conv_channels(graph_module, node),
                 tensor=key,
+                definition=definition,
             )
         )
     graph_module.recompile()
     return tuple(layers)
+
+
+def negative_slope_prelu(graph_module: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
+    """An ``aten.prelu`` whose learned slope is negative on some channel (MTCNN's are, on 6-95% of them)."""
+    if node.target not in (aten.prelu.default, aten._prelu_kernel.default) or len(node.args) < 2:
+        return False
+    slope = node.args[1]
+    if not (isinstance(slope, torch.fx.Node) and slope.op == "get_attr"):
+        return False
+    return bool((getattr_path(graph_module, str(slope.target)) < 0).any())
 
 
 def getattr_path(module: torch.nn.Module, dotted: str) -> torch.Tensor:

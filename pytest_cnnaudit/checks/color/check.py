@@ -14,7 +14,7 @@ import fnmatch
 import numpy as np
 
 from ...backends.base import Backend
-from ...config.model import LayerColorBound
+from ...config.checks import LayerColorBound
 from ...document import ColorProfile, ColorProfileLayer, FirstLayerProfile, Verdict
 from ...engine.check import AuditContext, CheckResult, ModelPlan, Need
 from ...engine.stats import TOP_IMAGES

@@ -1,10 +1,12 @@
 """Colour sensitivity verdicts: pure functions from colour figures and limits to a :class:`Verdict`.
 
-Which measure decides "colour-selective" (see :mod:`.measures` for both):
+Two measures, two names (see :mod:`.measures` for both), used alike in every report:
 
-- the first conv layer's filters: chromatic energy fraction of the weights > ``csi_threshold``;
-  ``expect: invariant`` bounds the layer's chromatic energy share by ``max_sensitivity``;
-- every layer's channels (``checks.color.layers`` bounds): CSI > ``csi_threshold``.
+- the first conv layer's filters are **colour-tuned** when the chromatic energy fraction of
+  their weights > ``csi_threshold``; ``expect: invariant`` bounds the layer's chromatic energy
+  share by ``max_sensitivity``;
+- every layer's channels (``checks.color.layers`` bounds) are **CSI-selective** when their
+  CSI (from activations) > ``csi_threshold``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import dataclasses
 
 import numpy as np
 
-from ...config.model import FirstLayerColor, LayerColorBound
+from ...config.checks import FirstLayerColor, LayerColorBound
 from ...document import ColorBoundFigures, ColorFigures, Verdict
 from .measures import CsiSummary
 
@@ -52,14 +54,17 @@ def check_first_layer(
         max_sensitivity=limits.max_sensitivity,
         csi_median=functional.csi_median if functional is not None else None,
         csi_selective_fraction=functional.selective_fraction if functional is not None else None,
+        tuned_count=selective,
+        tuned_fraction=fraction,
+        csi_selective_count=functional.selective_count if functional is not None else None,
     )
-    counted = f"{selective} of {filters} filters colour-selective ({fraction:.1%})"
+    counted = f"{selective} of {filters} filters colour-tuned ({fraction:.1%})"
     share = f"chromatic energy share {chromatic_share:.3f}"
     if limits.expect == "sensitive":
         minimum = limits.min_selective_fraction
         if fraction < minimum:
             message = (
-                f"{counted} < min {_percent(minimum)} (colour-selective: chromatic energy fraction of the "
+                f"{counted} < min {_percent(minimum)} (colour-tuned: chromatic energy fraction of the "
                 f"weights > {limits.csi_threshold}); the layer responds mostly to luminance"
             )
             return Verdict(CHECK, layer_id, "failed", message, figures)
@@ -68,7 +73,7 @@ def check_first_layer(
         if chromatic_share > limits.max_sensitivity:
             message = (
                 f"{share} > max_sensitivity {limits.max_sensitivity} ({selective} of {filters} filters "
-                "colour-selective): the layer's filters weight red, green and blue unequally"
+                "colour-tuned): the layer's filters weight red, green and blue unequally"
             )
             return Verdict(CHECK, layer_id, "failed", message, figures)
         return Verdict(CHECK, layer_id, "passed", f"{share} <= max_sensitivity {limits.max_sensitivity}", figures)
@@ -90,7 +95,7 @@ def bound_figures(summary: CsiSummary, bound: LayerColorBound, threshold: float)
 
 
 def check_layer_bound(layer_id: str, summary: CsiSummary, bound: LayerColorBound, threshold: float) -> Verdict:
-    """Judge a layer's fraction of colour-selective channels (CSI > ``threshold``) against ``bound``.
+    """Judge a layer's fraction of CSI-selective channels (CSI > ``threshold``) against ``bound``.
 
     Channels with no defined CSI (never active on the probe images) are not counted.
     """
@@ -106,13 +111,15 @@ def check_layer_bound(layer_id: str, summary: CsiSummary, bound: LayerColorBound
         defined=summary.defined,
         match=bound.match,
         bounds=(part,),
+        csi_selective_count=summary.selective_count,
+        csi_selective_fraction=summary.selective_fraction,
     )
     fraction = summary.selective_fraction
     if fraction is None:
         message = f"no channel of {summary.channels} responds to the probe images, so none has a CSI"
         return Verdict(CHECK, layer_id, "skipped", message, figures)
     counted = (
-        f"{summary.selective_count} of {summary.defined} channels colour-selective ({fraction:.1%}, "
+        f"{summary.selective_count} of {summary.defined} channels CSI-selective ({fraction:.1%}, "
         f"CSI > {threshold}; median CSI {summary.csi_median:.3f})"
     )
     if fraction < bound.min_selective_fraction:
@@ -138,8 +145,13 @@ def combine(layer_id: str, first_layer: Verdict | None, bounds: list[Verdict]) -
     if first_layer is not None and isinstance(first_layer.figures, ColorFigures):
         figures = dataclasses.replace(first_layer.figures, bounds=all_bounds)
     else:
-        channels = next((v.figures.channels for v in parts if isinstance(v.figures, ColorFigures)), 0)
-        figures = ColorFigures(channels=channels, bounds=all_bounds)
+        measured = next((v.figures for v in parts if isinstance(v.figures, ColorFigures)), None)
+        figures = ColorFigures(
+            channels=measured.channels if measured is not None else 0,
+            bounds=all_bounds,
+            csi_selective_count=measured.csi_selective_count if measured is not None else None,
+            csi_selective_fraction=measured.csi_selective_fraction if measured is not None else None,
+        )
     failed = [verdict for verdict in parts if verdict.outcome == "failed"]
     if failed:
         return Verdict(CHECK, layer_id, "failed", "; ".join(v.message for v in failed), figures)

@@ -109,7 +109,7 @@ def certify(graph: ModelGraph, spec: InputSpec, activations: dict[str, str | Non
 def _onnx_bounds(
     graph: ModelGraph, lower: np.ndarray, upper: np.ndarray, wanted: set[str]
 ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], tuple[str, ...]]:
-    from ...backends.onnx_graph import OnnxGraph
+    from ...backends.onnx.index import OnnxGraph
     from .intervals import Bounds
     from .intervals_onnx import propagate
 

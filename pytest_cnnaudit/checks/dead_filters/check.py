@@ -13,7 +13,8 @@ import math
 from collections.abc import Sequence
 
 from ...backends.base import LayerInfo
-from ...config.dead_filters import DeadFiltersCheck
+from ...config.checks import DeadFiltersCheck, FamilyDeadFilters
+from ...config.families import DEAD_FRACTION, DEFAULT_DEAD_FRACTION, first_set
 from ...document import DeadFiltersFigures, Verdict, WitnessFigures
 from ...engine.check import AuditContext, CheckResult, ModelPlan, Need
 from ...engine.stats import ChannelStats
@@ -24,11 +25,16 @@ from .findings import Findings, gather_findings
 CHECK = "dead_filters"
 
 
-def allowed_dead(limits: DeadFiltersCheck, channels: int) -> int:
-    """``max_count`` when set, else ``max_fraction`` of the layer's channels (rounded down)."""
-    if limits.max_count is not None:
-        return limits.max_count
-    return math.floor(limits.max_fraction * channels + 1e-9)
+def dead_allowance(limits: DeadFiltersCheck, activation: str | None, channels: int) -> tuple[int, str]:
+    """(dead channels allowed, the rule that says so) for a layer of this activation: a count when the
+    family or the check sets one, else a fraction of the layer (the family's, the check's, the defaults)."""
+    family = limits.by_activation.get(activation or "", FamilyDeadFilters())
+    count = first_set(family.max_count, limits.max_count)
+    if count is not None:
+        return int(count), f"max_count {count}"
+    default = DEAD_FRACTION.get(activation or "", DEFAULT_DEAD_FRACTION)
+    fraction = float(first_set(family.max_fraction, limits.max_fraction, default))  # type: ignore[arg-type]
+    return math.floor(fraction * channels + 1e-9), f"max_fraction {fraction}"
 
 
 def format_evidence(channels: Sequence[int], evidence: Sequence[str], limit: int = 32) -> str:
@@ -47,7 +53,7 @@ def _figures(
         dead_channels=dead,
         dead_count=len(dead),
         channels=layer.channels,
-        allowed=allowed_dead(limits, layer.channels),
+        allowed=dead_allowance(limits, layer.activation, layer.channels)[0],
         evidence=tuple(proof.of(channel) for channel in dead),
         provable_channels=tuple(c for c in dead if c in proof.provable),
         revivable_channels=tuple(c for c in dead if c in proof.witnesses),
@@ -85,11 +91,14 @@ def _spend(figures: DeadFiltersFigures) -> str:
 def judge_dead_filters(layer: LayerInfo, stats: ChannelStats, model: ModelPlan, findings: Findings) -> Verdict:
     """Fail when more channels count as dead than allowed, naming every dead channel with its evidence."""
     limits = model.checks_for(layer.id).dead_filters
+    skipped = too_few_positions(layer, stats, limits)
+    if skipped is not None:
+        return skipped
     dead = stats.dead_channels
     proof = findings.layer(layer.id)
     counted = dead if limits.evidence != PROVABLE else tuple(c for c in dead if c in proof.provable)
     figures = _figures(layer, dead, limits, len(counted), findings)
-    allowed = figures.allowed
+    allowed, rule = dead_allowance(limits, layer.activation, layer.channels)
     alive = [c for c in proof.provable if c not in dead]
     if alive:
         message = (
@@ -97,7 +106,6 @@ def judge_dead_filters(layer: LayerInfo, stats: ChannelStats, model: ModelPlan, 
             "a bug in cnnaudit's bound proof (please report it)"
         )
         return Verdict(CHECK, layer.id, "failed", message, figures)
-    rule = f"max_count {limits.max_count}" if limits.max_count is not None else f"max_fraction {limits.max_fraction}"
     fraction = len(dead) / layer.channels if layer.channels else 0.0
     summary = f"{len(dead)} of {layer.channels} channels never active ({fraction:.1%})"
     if limits.evidence == PROVABLE:
@@ -108,6 +116,18 @@ def judge_dead_filters(layer: LayerInfo, stats: ChannelStats, model: ModelPlan, 
     return Verdict(CHECK, layer.id, "passed", f"{summary}, allowed {allowed}{listed}", figures)
 
 
+def too_few_positions(layer: LayerInfo, stats: ChannelStats, limits: DeadFiltersCheck) -> Verdict | None:
+    """The skipped verdict of a layer whose maps are too small to show a channel dead (``min_positions``)."""
+    positions = stats.count // max(1, stats.images)
+    if positions >= limits.min_positions:
+        return None
+    message = (
+        f"not judged: {positions} value(s) per image and channel (a pooled map, e.g. a squeeze-and-excitation "
+        f"conv) are too few to show a channel is dead; checks.dead_filters.min_positions: 1 judges it"
+    )
+    return Verdict(CHECK, layer.id, "skipped", message)
+
+
 def judged_dead_channels(context: AuditContext) -> dict[str, tuple[int, ...]]:
     """The dead channels of every layer this check will judge on its statistics, in graph order."""
     model = context.plan
@@ -116,8 +136,10 @@ def judged_dead_channels(context: AuditContext) -> dict[str, tuple[int, ...]]:
     for layer_id in layer_items(model, CHECK):
         if layer_id is None:
             continue
-        stats = context.stats.get(layer_id)
-        if layer_verdict_or_skip(model, CHECK, by_id[layer_id], stats) is None and stats is not None:
+        layer, stats = by_id[layer_id], context.stats.get(layer_id)
+        if stats is None or layer_verdict_or_skip(model, CHECK, layer, stats) is not None:
+            continue
+        if too_few_positions(layer, stats, model.checks_for(layer_id).dead_filters) is None:
             dead[layer_id] = stats.dead_channels
     return dead
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from ...backends.onnx_graph import OnnxGraph
+from ...backends.onnx.index import OnnxGraph
 from .cost import CostGraph, Use, WeightedOp
 
 #: Ops through which a zero channel stays in place and zero (or a constant a consumer can fold).
@@ -59,7 +59,7 @@ def _weighted(graph: OnnxGraph, node: onnx.NodeProto, shapes: dict[str, tuple[in
         return WeightedOp("dense", weight if transposed else weight[::-1], 1, 1, has_bias)
     if node.output[0] not in shapes or node.input[0] not in shapes:
         return None
-    consumers = graph.consumers.get(node.output[0], [])
+    consumers = graph.graph_consumers.get(node.output[0], [])
     kept_norm = 4 if len(consumers) == 1 and consumers[0].op_type == "BatchNormalization" else 0
     groups = _attribute(node, "group", 1)
     if node.op_type == "Conv":

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...backends.base import ModelGraph
-from ...config.dead_filters import DeadFiltersCheck
+from ...config.checks import DeadFiltersCheck
 from ...document import DeadEvidence
 from ...engine.check import AuditContext
 from ...engine.measure import run_padded
@@ -86,6 +86,8 @@ def gather_evidence(context: AuditContext, graph: ModelGraph, dead: dict[str, tu
     if targets and settings.witness_steps and settings.witness_channels:
         try:
             found, form, searched = _search(context, graph, targets, settings)
+        except ImportError:
+            notes.append("no witness search: it needs torch and onnx2torch: pip install 'pytest-cnnaudit[torch]'")
         except CnnAuditError as exc:
             notes.append(f"no witness search: {exc}")
         except Exception as exc:  # the torch form (conversion, a forward pass) failed: the channels stay "probe"

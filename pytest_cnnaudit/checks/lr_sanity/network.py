@@ -11,7 +11,7 @@ and back for measuring). A converted TorchScript graph holds its weights as buff
 parameters of the script module are trained. Every parameter is trained, frozen ones too.
 
 **ONNX** models are converted with onnx2torch. The layer table is the ONNX one
-(:func:`~pytest_cnnaudit.backends.onnx_graph.conv_layers` on the same file, so the ids
+(:func:`~pytest_cnnaudit.backends.onnx.graph.conv_layers` on the same file, so the ids
 are the main pass's Conv node names), and each measured activation is tapped by its ONNX
 tensor name through the mapping onnx2torch attaches to every module it creates. Module
 names are not used: onnx2torch strips the leading '/' of node names, renames duplicates
@@ -36,7 +36,7 @@ import torch
 
 from ...backends.base import ActivationSink, LayerInfo
 from ...backends.onnx import load_onnx_model
-from ...backends.onnx_graph import OnnxGraph, conv_layers
+from ...backends.onnx.graph import OnnxGraph, conv_layers
 from ...backends.torch import TorchBackend, export_graph, getattr_path, instrument, load_torch_module
 from ...config.model import InputSpec
 from ...engine.check import AuditContext
@@ -266,7 +266,9 @@ def converted_onnx(model: onnx.ModelProto) -> torch.fx.GraphModule:
     try:
         import onnx2torch
     except ImportError:
-        raise ProbeUnavailable("a torch form of an ONNX model needs onnx2torch (pip install onnx2torch)") from None
+        raise ProbeUnavailable(
+            "a torch form of an ONNX model needs onnx2torch: pip install 'pytest-cnnaudit[torch]'"
+        ) from None
     try:
         return onnx2torch.convert(constants_as_initializers(model), attach_onnx_mapping=True)
     except Exception as exc:

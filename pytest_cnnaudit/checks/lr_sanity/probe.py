@@ -30,7 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...config.model import InputSpec, LrSanityCheck
+from ...config.checks import LrSanityCheck
+from ...config.inputs import InputSpec
 from ...engine.check import AuditContext
 from ...engine.cpus import usable_cpus
 from ...engine.measure import measure

@@ -16,7 +16,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ...config.model import LrSanityCheck
+from ...config.checks import LrSanityCheck
 from ...document import LrLayerFigures, LrModelFigures, LrSweep, SweepPoint, Verdict
 from ..layers import format_channels
 

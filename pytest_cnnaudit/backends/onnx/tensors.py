@@ -1,6 +1,6 @@
 """Where each conv layer sits in an ONNX graph, for reading the graph rather than running it.
 
-The graph walk (:mod:`.onnx_graph`) finds the activation tensor each layer is measured at; bound
+The graph walk (:mod:`.graph`) finds the activation tensor each layer is measured at; bound
 propagation needs the tensor that activation *reads* (its pre-activation: after a BatchNorm,
 a residual Add or a MaxPool the walk stepped over), and the cost count the conv's own output.
 An activation whose input is not recognised here gives no pre-activation: nothing is proved
@@ -13,8 +13,9 @@ from collections.abc import Iterable
 
 import onnx
 
-from .base import LayerInfo, LayerTensors
-from .onnx_graph import CONV_OPS, OnnxGraph
+from ..base import LayerInfo, LayerTensors
+from .graph import CONV_OPS
+from .index import OnnxGraph
 
 #: Activations applied by one op to its first input.
 SINGLE_OPS = frozenset(
@@ -59,11 +60,11 @@ def conv_outputs(graph: OnnxGraph, layers: Iterable[LayerInfo]) -> dict[str, str
 def activation_input(graph: OnnxGraph, activation: str) -> str | None:
     """The tensor the activation producing ``activation`` reads: ``x`` of ``Relu(x)``, of ``x * g(x)``
     (after a trailing division or product by a positive constant), else None."""
-    node = graph.producer.get(activation)
+    node = _producer(graph, activation)
     if node is None:
         return None
     if node.op_type in ("Div", "Mul") and _positive_scalar(graph, node.input[1]):
-        before = graph.producer.get(node.input[0])
+        before = _producer(graph, node.input[0])
         if before is not None and before.op_type == "Mul":
             node = before  # x * gate / 6: the product before the scaling
     if node.op_type in SINGLE_OPS:
@@ -78,6 +79,13 @@ def activation_input(graph: OnnxGraph, activation: str) -> str | None:
     return None
 
 
+def _producer(graph: OnnxGraph, tensor: str) -> onnx.NodeProto | None:
+    """The node computing ``tensor``: in the graph's float view (a quantised graph read as the float graph it
+    came from), else in the graph itself. A tensor only the float view has gets no bounds: no proof, never a
+    wrong one."""
+    return graph.producer.get(tensor) or graph.graph_producer.get(tensor)
+
+
 def _positive_scalar(graph: OnnxGraph, name: str) -> bool:
     value = graph.scalar(name) if name else None
     return value is not None and value > 0
@@ -87,7 +95,7 @@ def _ancestors(graph: OnnxGraph, tensor: str) -> set[str]:
     found: set[str] = set()
     frontier = [tensor]
     for _ in range(GATE_DEPTH):
-        producers: list[onnx.NodeProto] = [graph.producer[t] for t in frontier if t in graph.producer]
+        producers = [node for node in (_producer(graph, t) for t in frontier) if node is not None]
         frontier = [name for node in producers for name in node.input if name and name not in found]
         found.update(frontier)
     return found
