@@ -131,7 +131,7 @@ def test_the_document_round_trips_through_json(green: Path) -> None:
 
 def test_terminal_summary_shows_evidence_and_cost_per_layer_and_model(green: Path) -> None:
     model, _ = conv1(green, "{}")
-    lines = summary_lines([model])
+    lines = [line for line, _ in summary_lines([model])]
     start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("dead "))
     header, layer, total, reach = lines[start : start + 4]
     assert header.split() == ["dead", "provable", "revivable", "probe", "parameters", "multiply-adds"]
