@@ -104,7 +104,7 @@ def test_planted_dead_channels_in_torch_module() -> None:
     assert [layer.dead_channels for layer in result.layers] == EXPECTED_DEAD
     verdict = next(v for v in result.verdicts if v.item_id == "dead_filters[conv2]")
     assert verdict.outcome == "passed"  # 2 of 8 is within the default 25%
-    assert "channels [1, 5]" in verdict.message
+    assert "channels [1 (provable), 5 (provable)]" in verdict.message
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:FutureWarning")
@@ -198,7 +198,7 @@ def test_stricter_limits_from_the_config_fail_planted_channels() -> None:
     result = audit_module(small_convnet(PLANTED), config)
     failed = [v for v in layer_verdicts(result) if v.outcome == "failed"]
     assert [v.item_id for v in failed] == ["dead_filters[conv2]"]
-    assert "channels [1, 5]" in failed[0].message
+    assert "channels [1 (provable), 5 (provable)]" in failed[0].message
 
 
 # --------------------------------------------------------------------------- clear errors

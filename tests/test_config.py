@@ -260,6 +260,10 @@ CHECK_SAMPLES = {
         "by_activation": {"gelu": {"max_fraction": 0.6}},
         "min_positions": 4,
         "allow_unmeasured": True,
+        "evidence": "provable",
+        "certify": False,
+        "witness_steps": 8,
+        "witness_channels": 2,
     },
     "lr_sanity": {
         "lr": 0.5,

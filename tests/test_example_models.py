@@ -115,7 +115,8 @@ def test_high_lr_config_fails_naming_the_dead_channels(examples: Path, pytester:
     result = pytester.runpytest_subprocess("--cnnaudit", "high_lr.onnx", "--cnnaudit-config", "high_lr.yaml")
     assert result.ret == 1
     channels = expected_dead(examples)["conv3"]
-    finding = f"dead_filters[conv3]: {len(channels)} of 32 channels never active (*) > * channels {channels}"
+    listed = ", ".join(f"{channel} (*)" for channel in channels)  # each with its evidence
+    finding = f"dead_filters[conv3]: {len(channels)} of 32 channels never active (*) > * channels [{listed}]*"
     result.stdout.fnmatch_lines([literal_brackets(f"{name} :: {finding}") for name in ("high_lr.onnx", "high_lr.pt")])
     assert result.parseoutcomes()["failed"] == 2
 

@@ -74,8 +74,9 @@ def test_html_report_has_a_section_per_model_and_check_and_every_image_decodes(
     for model in page.models:
         assert page.checks[model] == ["sparsity", "dead_filters", "color"]
     assert page.first_row_class["planted.onnx"] == "failed"  # failures first in the verdict table
-    # per model: sparsity and dead charts, probe image, two layers' maps, filters, colour profile
-    assert len(page.images) == 2 * 7
+    # per model: sparsity and dead charts, probe image, two layers' maps, filters, colour profile; and for
+    # planted.onnx's dead channels, the chart of their evidence
+    assert len(page.images) == 2 * 7 + 1
     assert all(decode_png(src).size[0] > 50 for src in page.images)
     assert page.external == []
     assert "pictures" not in (pytester.path / "r.json").read_text()  # the JSON report stays small

@@ -65,7 +65,7 @@ def test_planted_dead_channels_fail_exactly_their_item(
     result.assert_outcomes(passed=9, failed=1)  # 4 items + color[conv1] per model
     result.stdout.fnmatch_lines(
         [
-            "*planted.onnx :: dead_filters[[]conv2[]]: 2 of 6 channels never active (33.3%) > max_count 0*channels [[]1, 4[]]"
+            "*planted.onnx :: dead_filters[[]conv2[]]: 2 of 6 channels never active (33.3%) > max_count 0*channels [[]1 (provable), 4 (provable)[]]*"
         ]
     )
     report = json.loads((pytester.path / "r.json").read_text())

@@ -113,6 +113,7 @@ class Conv1dNet(torch.nn.Module):
 
 
 def test_a_torch_conv1d_module_with_input_shape(tmp_path: Path) -> None:
+    torch.manual_seed(0)  # the live channels' weights: seeded, so none of them dies by chance
     net = Conv1dNet().eval()
     with torch.no_grad():
         net.conv.weight[list(PLANTED)] = 0.0
@@ -128,3 +129,16 @@ def test_a_torch_conv1d_module_with_input_shape(tmp_path: Path) -> None:
     outputs = torch.cat(seen).numpy()
     assert document.layers[0].dead_channels == PLANTED
     assert document.layers[0].dead_channels == tuple(np.flatnonzero((outputs <= 0).all(axis=(0, 2))))
+
+
+def test_a_clip_model_reports_probe_evidence_and_the_cost_of_its_dead_channels(tmp_path: Path) -> None:
+    """No pixel box to prove or search in for a signal or clip: its dead channels carry probe evidence,
+    said in a note; what they cost is still counted."""
+    path = tmp_path / "m.onnx"
+    onnx.save(planted_conv(*CASES["clip"]), str(path))
+    config = parse_config("probe: {count: 4}\nchecks: {dead_filters: {max_count: 0}}", str(tmp_path / "c.yaml"))
+    document = audit_model(path, config)
+    verdict = document.verdict("dead_filters", "conv")
+    assert verdict is not None and verdict.outcome == "failed" and "channels [2 (probe), 5 (probe)]" in verdict.message
+    assert document.dead_evidence is not None and any("no pixel box" in note for note in document.dead_evidence.notes)
+    assert document.dead_cost is not None and document.dead_cost.dead_params > 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -51,6 +51,30 @@ class FirstConv:
     weight: np.ndarray
 
 
+@dataclass(frozen=True)
+class LayerTensors:
+    """Where one conv layer sits in a :class:`ModelGraph`: tensor keys (ONNX tensor names, torch.fx node names)."""
+
+    conv: str  # the conv's output
+    activation: str | None  # the measured activation (``LayerInfo.tensor``)
+    preactivation: str | None  # the tensor the activation reads; None when none follows or its input is not known
+    channel_axis: int = 1
+
+
+@dataclass(frozen=True)
+class ModelGraph:
+    """A private copy of the model's graph, without the measuring taps, for reading it rather than running it.
+
+    What the dead-filter evidence needs: bounds propagated from the input box (no runtime), a
+    differentiable torch form for the witness search, the weights each dead channel spends.
+    """
+
+    kind: str  # "onnx" (``graph`` is an onnx.ModelProto) or "torch.fx" (a torch.fx.GraphModule)
+    graph: Any
+    layers: dict[str, LayerTensors]  # by layer id
+    fixed_batch: int | None  # the only batch size the graph accepts, if it has one
+
+
 class Backend(Protocol):
     """An opened model, ready to measure."""
 
@@ -65,6 +89,9 @@ class Backend(Protocol):
 
     def first_conv(self) -> FirstConv | None:
         """The first conv layer's weights, or None when they are not constants."""
+
+    def model_graph(self) -> ModelGraph:
+        """A copy of the graph with each layer's conv, activation and pre-activation tensors."""
 
     def close(self) -> None:
         """Release runtime resources."""

@@ -10,6 +10,7 @@ from .figures import (
     LrLayerFigures,
     LrModelFigures,
     SparsityFigures,
+    WitnessFigures,
 )
 from .model import (
     LOAD_CHECK,
@@ -23,7 +24,16 @@ from .model import (
     dump_json,
     item_id,
 )
-from .sections import ColorProfile, ColorProfileLayer, FirstLayerProfile, LrSweep, SweepPoint
+from .sections import (
+    ColorProfile,
+    ColorProfileLayer,
+    DeadCost,
+    DeadEvidence,
+    DeadLayerCost,
+    FirstLayerProfile,
+    LrSweep,
+    SweepPoint,
+)
 
 __all__ = [
     "LOAD_CHECK",
@@ -36,7 +46,10 @@ __all__ = [
     "ColorFigures",
     "ColorProfile",
     "ColorProfileLayer",
+    "DeadCost",
+    "DeadEvidence",
     "DeadFiltersFigures",
+    "DeadLayerCost",
     "Figures",
     "FirstLayerProfile",
     "LayerDocument",
@@ -49,6 +62,7 @@ __all__ = [
     "SparsityFigures",
     "SweepPoint",
     "Verdict",
+    "WitnessFigures",
     "dump_json",
     "item_id",
 ]

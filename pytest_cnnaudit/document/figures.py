@@ -26,13 +26,41 @@ class SparsityFigures:
 
 
 @dataclass(frozen=True)
+class WitnessFigures:
+    """A revivable channel's witness: the image the search found, from a probe image, that switches it on."""
+
+    channel: int
+    start_image: int  # the probe image the search started from
+    steps: int  # gradient steps taken
+    preactivation: float  # the channel's highest pre-activation on the witness (> 0: it fires)
+
+
+@dataclass(frozen=True)
 class DeadFiltersFigures:
-    """``dead_filters[<layer>]``: channels never active on the probe set, and how many are allowed."""
+    """``dead_filters[<layer>]``: channels never active on the probe set, their evidence, what they cost, and
+    how many are allowed.
+
+    ``evidence`` runs parallel to ``dead_channels``: ``provable`` (no input in the box can activate
+    it), ``revivable`` (a witness image activates it), ``probe`` (no witness found). ``counting``
+    says which evidence counts against the limits (``checks.dead_filters.evidence``), ``counted``
+    how many channels it counted. The cost fields are None when the cost could not be counted.
+    """
 
     dead_channels: tuple[int, ...]
     dead_count: int
     channels: int
     allowed: int
+    evidence: tuple[str, ...] = ()
+    provable_channels: tuple[int, ...] = ()
+    revivable_channels: tuple[int, ...] = ()
+    counting: str = "probe"
+    counted: int | None = None
+    upper_bound_reached: bool | None = None  # None: the bound proof did not run
+    witnesses: tuple[WitnessFigures, ...] = ()
+    dead_params: int | None = None
+    dead_macs: int | None = None
+    dead_param_share: float | None = None
+    dead_mac_share: float | None = None
 
 
 @dataclass(frozen=True)

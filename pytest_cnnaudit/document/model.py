@@ -22,7 +22,7 @@ from typing import Any, Literal
 from ..config.model import InputSpec
 from .figures import Figures, figures_from_json, figures_to_json
 from .json_form import from_json_object, to_json_value
-from .sections import ColorProfile, LrSweep
+from .sections import ColorProfile, DeadCost, DeadEvidence, LrSweep
 
 SCHEMA = "cnnaudit-report/1"
 #: A verdict's outcome; in the report, pytest's outcome for the item, or "not run" when it was deselected.
@@ -107,6 +107,8 @@ class ModelDocument:
     lr_sweep: LrSweep | None = None
     name: str | None = None  # the name baselines know the model by (models[].name), when it differs from path
     notes: tuple[str, ...] = ()  # one-line remarks on how the model was read (e.g. a stripped key prefix)
+    dead_evidence: DeadEvidence | None = None
+    dead_cost: DeadCost | None = None
 
     @property
     def baseline_name(self) -> str:
@@ -133,7 +135,7 @@ class ModelDocument:
             for key in ("path", "format", "input", "probe", "error", "layers", "name", "notes")
         }
         document["checks"] = [verdict.to_json() for verdict in self.verdicts]
-        for key in ("color_profile", "lr_sweep"):
+        for key in ("color_profile", "lr_sweep", "dead_evidence", "dead_cost"):
             if getattr(self, key) is not None:
                 document[key] = to_json_value(getattr(self, key))
         return document

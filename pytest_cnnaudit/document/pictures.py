@@ -54,6 +54,22 @@ class LayerMaps:
 
 
 @dataclass(frozen=True)
+class WitnessPicture:
+    """A revivable channel: the probe image the search started from, the witness it found, and the channel's
+    activation on the witness (its pre-activation above 0, scaled to its own maximum)."""
+
+    layer: str
+    channel: int
+    start_image: int
+    steps: int
+    preactivation: float  # the channel's highest pre-activation on the witness
+    start: EncodedArray  # (h, w, 3)
+    witness: EncodedArray  # (h, w, 3)
+    activation: EncodedArray  # (h, w)
+    size: tuple[int, ...]  # the activation map's size before block-averaging
+
+
+@dataclass(frozen=True)
 class Pictures:
     """Everything the HTML report draws beyond the JSON report, for one model."""
 
@@ -61,3 +77,4 @@ class Pictures:
     probe_image: EncodedArray | None  # (h, w, 3); None for a signal or clip model
     filters: FilterTiles | None
     maps: tuple[LayerMaps, ...]
+    witnesses: tuple[WitnessPicture, ...] = ()

@@ -105,10 +105,12 @@ def _document(plan: ModelPlan, probe: ProbeInfo | None, stats: dict[str, Channel
     )
 
 
-def _judge(context: AuditContext) -> tuple[list[Verdict], dict[str, Any]]:
-    """Every check's verdicts; a check that raises fails each of its planned items with one line."""
+def _judge(context: AuditContext) -> tuple[list[Verdict], dict[str, Any], dict[str, Any]]:
+    """Every check's verdicts, sections and picture material; a check that raises fails each of its planned
+    items with one line."""
     verdicts: list[Verdict] = []
     sections: dict[str, Any] = {}
+    material: dict[str, Any] = {}
     for check in CHECKS:
         planned = check.plan(context.plan)
         try:
@@ -123,7 +125,8 @@ def _judge(context: AuditContext) -> tuple[list[Verdict], dict[str, Any]]:
             continue
         verdicts.extend(result.verdicts)
         sections.update(result.sections)
-    return verdicts, sections
+        material.update(result.pictures)
+    return verdicts, sections, material
 
 
 def _in_plan_order(plan: ModelPlan, verdicts: list[Verdict]) -> tuple[Verdict, ...]:
@@ -183,8 +186,8 @@ def run_audit(
         except Exception as exc:  # a bug, or the model's own code raising: this model only
             return failed_plan_document(plan, f"{plan.name}: measuring the model raised {one_line(exc)}"), None
         context = AuditContext(plan, opened.model, opened.backend, main.probes, main.stats, main.batch_size)
-        verdicts, sections = _judge(context)
-        picture_data = picture_payload(context) if pictures else None
+        verdicts, sections, material = _judge(context)
+        picture_data = picture_payload(context, material) if pictures else None
     finally:
         opened.backend.close()
     document = _document(plan, main.probe_info(opened.config.probe.zero_eps), main.stats)

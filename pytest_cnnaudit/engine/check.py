@@ -76,10 +76,12 @@ class AuditContext:
 
 @dataclass(frozen=True)
 class CheckResult:
-    """A check's verdicts, and the model-document sections it fills (``color_profile``, ``lr_sweep``)."""
+    """A check's verdicts, the model-document sections it fills (``color_profile``, ``lr_sweep``), and the
+    picture material it found for the HTML report (``witnesses``; :mod:`.pictures` makes it display-ready)."""
 
     verdicts: list[Verdict]
     sections: dict[str, Any] = field(default_factory=dict)
+    pictures: dict[str, Any] = field(default_factory=dict)
 
 
 class Check(Protocol):

@@ -1,15 +1,17 @@
 """Capture the HTML report's picture data (:mod:`pytest_cnnaudit.document.pictures`) in the measuring process.
 
-The HTML report shows the first conv layer's filters and one probe image's activation maps at
-the first conv layer and at a deep layer. Those need weights and activations that the JSON
+The HTML report shows the first conv layer's filters, one probe image's activation maps at
+the first conv layer and at a deep layer, and each revivable dead channel's witness (the image the
+dead-filter check's search found, beside the probe image it started from, and the channel's map on
+it). Those need weights and activations that the JSON
 report leaves out on purpose (it stays small and byte-identical), so they are captured here,
 beside the audit, when ``--cnnaudit-html`` or pytest-html's ``--html`` is given, and travel next
 to the model's document, never inside it.
 
 What is kept is already display-ready and small: uint8 arrays (each filter, each activation
 map normalised to [0, 255]), a pure function of the model and the probe set (deterministic). Sizes are capped: 256 first-layer filters, 64 channels per layer, each
-map block-averaged to at most 32x32, the probe image to at most 128 pixels: 50 KB of text for a
-3-layer CNN at 64x64, a few hundred KB at most.
+map block-averaged to at most 32x32, the probe image to at most 128 pixels, 8 witnesses at most
+96 pixels: 50 KB of text for a 3-layer CNN at 64x64, a few hundred KB at most.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..checks.color.measures import effective_rgb_weights
-from ..document.pictures import EncodedArray, FilterTiles, LayerMaps, Pictures
+from ..document.pictures import EncodedArray, FilterTiles, LayerMaps, Pictures, WitnessPicture
 from .check import AuditContext
 from .measure import run_padded
 from .probes import to_model_input
@@ -31,6 +33,9 @@ MAP_SIDE = 32
 IMAGE_SIDE = 128
 #: The probe image whose activation maps are shown.
 PROBE_INDEX = 0
+#: Revivable channels shown (the first ones, in layer order), and the side their images are reduced to.
+MAX_WITNESSES = 8
+WITNESS_SIDE = 96
 
 
 def to_uint8(values: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
@@ -133,17 +138,44 @@ def _layer_maps(layer_id: str, role: str, maps: np.ndarray, dead: tuple[int, ...
     )
 
 
-def picture_payload(context: AuditContext) -> Pictures:
-    """Everything the HTML report draws beyond the JSON report, for one model."""
+def _small_image(image: np.ndarray, side: int) -> EncodedArray:
+    """(H, W, 3) RGB in [0, 1], block-averaged to at most ``side`` pixels a side, as uint8."""
+    return EncodedArray.encode(np.round(block_mean(np.moveaxis(image, -1, 0), side) * 255).transpose(1, 2, 0))
+
+
+def witness_pictures(context: AuditContext, witnesses: Any) -> tuple[WitnessPicture, ...]:
+    """The first :data:`MAX_WITNESSES` witnesses a check found (``dead_filters``'s picture material)."""
+    pictures = []
+    for witness in list(witnesses)[:MAX_WITNESSES]:
+        active = np.maximum(np.asarray(witness.preactivation_map, dtype=np.float64), 0.0)
+        if active.ndim == 1:  # a 1-d conv's map
+            active = active[None, :]
+        pictures.append(
+            WitnessPicture(
+                layer=witness.target.layer_id,
+                channel=witness.target.channel,
+                start_image=witness.start_image,
+                steps=witness.steps,
+                preactivation=witness.preactivation,
+                start=_small_image(context.probes.image(witness.start_image), WITNESS_SIDE),
+                witness=_small_image(witness.pixels, WITNESS_SIDE),
+                activation=EncodedArray.encode(to_uint8(block_mean(active, MAP_SIDE), axes=(0, 1))),
+                size=tuple(int(n) for n in active.shape),
+            )
+        )
+    return tuple(pictures)
+
+
+def picture_payload(context: AuditContext, material: dict[str, Any] | None = None) -> Pictures:
+    """Everything the HTML report draws beyond the JSON report, for one model; ``material`` is what the
+    checks found for it (``witnesses``)."""
     shown = None
     if context.backend.input_spec.shape is None:  # an image (a signal or clip probe has no picture of its own)
-        image = context.probes.image(PROBE_INDEX)
-        shown = EncodedArray.encode(
-            np.round(block_mean(np.moveaxis(image, -1, 0), IMAGE_SIDE) * 255).transpose(1, 2, 0)
-        )
+        shown = _small_image(context.probes.image(PROBE_INDEX), IMAGE_SIDE)
     first = context.backend.first_conv()
     filters = None
     if first is not None and first.weight.ndim == 4:
         tiles = filter_tiles(first.weight, context.backend.input_spec)
         filters = FilterTiles(first.layer_id, int(first.weight.shape[0]), EncodedArray.encode(tiles))
-    return Pictures(PROBE_INDEX, shown, filters, activation_maps(context))
+    witnesses = witness_pictures(context, (material or {}).get("witnesses", ()))
+    return Pictures(PROBE_INDEX, shown, filters, activation_maps(context), witnesses)

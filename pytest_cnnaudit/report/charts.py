@@ -19,10 +19,12 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from ..document import ColorProfile, DeadFiltersFigures, LayerDocument, LrSweep, SparsityFigures, Verdict
-from ..document.pictures import FilterTiles, LayerMaps, Pictures
+from ..document.pictures import FilterTiles, LayerMaps, Pictures, WitnessPicture
 
 PASSED, FAILED, SKIPPED = "#4c72b0", "#d62728", "#b0b0b0"
 SELECTIVE = "#ff7f0e"
+#: A dead channel's colour by its evidence.
+EVIDENCE_COLOURS = {"provable": "#3b3b3b", "revivable": "#2ca02c", "probe": "#b0b0b0"}
 DPI = 100
 #: Pixels of a map mosaic per inch of figure: tiles are drawn at 1.6 screen pixels per map pixel.
 PIXELS_PER_INCH = 60
@@ -112,6 +114,51 @@ def dead_chart(rows: list[Verdict], highlight: str | None = None) -> Figure:
     axes.set_title("never-active channels per layer", fontsize=10)
     _layer_axis(axes, layer_ids, highlight)
     _outcome_legend(axes, "allowed")
+    return figure
+
+
+def evidence_chart(rows: list[Verdict]) -> Figure:
+    """Each layer's dead channels stacked by their evidence (provable, revivable, probe), as a share of the
+    layer; the proof's reach marked under the layers it does not reach."""
+    layer_ids = [str(row.layer) for row in rows]
+    figures = [row.figures for row in rows if isinstance(row.figures, DeadFiltersFigures)]
+    figure, axes = _layer_figure(len(rows))
+    x = np.arange(len(rows))
+    bottom = np.zeros(len(rows))
+    for kind, colour in EVIDENCE_COLOURS.items():
+        shares = np.array([f.evidence.count(kind) / max(1, f.channels) for f in figures])
+        axes.bar(x, shares, width=0.7, bottom=bottom, color=colour, label=kind)
+        bottom += shares
+    unreached = [i for i, f in enumerate(figures) if f.upper_bound_reached is False]
+    if unreached:
+        axes.plot(unreached, np.zeros(len(unreached)), "v", color="black", markersize=5, label="proof does not reach")
+    axes.set_ylim(0, min(1.05, max([*bottom, 0.05]) * 1.25))
+    axes.set_ylabel("dead fraction")
+    axes.set_title("dead channels by evidence", fontsize=10)
+    _layer_axis(axes, layer_ids)
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return figure
+
+
+def witness_grid(witnesses: tuple[WitnessPicture, ...]) -> Figure:
+    """Per revivable channel: the probe image the search started from, the witness it found, where the two
+    differ (the largest change white), and the channel's activation on the witness (scaled to its maximum)."""
+    figure = Figure(figsize=(7.2, 1.9 * len(witnesses) + 0.2))
+    grid = figure.subplots(len(witnesses), 4, squeeze=False)
+    for row, witness in zip(grid, witnesses):
+        start, found = witness.start.decode(), witness.witness.decode()
+        change = np.abs(found.astype(float) - start.astype(float)).sum(axis=2)
+        row[0].imshow(start, interpolation="nearest")
+        row[0].set_title(f"probe image {witness.start_image}", fontsize=8)
+        row[1].imshow(found, interpolation="nearest")
+        row[1].set_title(f"witness ({witness.steps} steps)", fontsize=8)
+        row[2].imshow(change, cmap="gray", vmin=0, vmax=max(float(change.max()), 1.0), interpolation="nearest")
+        row[2].set_title("change", fontsize=8)
+        row[3].imshow(witness.activation.decode(), cmap=_colour_map(), vmin=0, vmax=255, interpolation="nearest")
+        row[3].set_title(f"{_short(witness.layer, 16)} ch {witness.channel}: {witness.preactivation:.3g}", fontsize=8)
+        for axes in row:
+            axes.set_axis_off()
+    figure.subplots_adjust(left=0.02, right=0.98, top=1 - 0.35 / figure.get_size_inches()[1], bottom=0.02, hspace=0.3)
     return figure
 
 

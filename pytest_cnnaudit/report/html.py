@@ -4,7 +4,8 @@ A pure builder from the audit documents (with pytest's outcomes) and their pictu
 gathered on the controller, so a serial and an xdist run give the same page. Per model: the
 verdict table (failures first), then a section per check with its pictures (:mod:`.charts`):
 per-layer sparsity and dead-fraction charts with their limits drawn in, one probe image's
-activation maps at the first conv and at a deep layer (dead channels framed), the first conv's
+activation maps at the first conv and at a deep layer (dead channels framed), the dead channels by
+evidence with their cost and the revivable ones' witnesses, the first conv's
 filters as RGB tiles (colour-tuned ones framed), the colour profile across depth, and the
 learning-rate sweep when there is one. Pictures are inlined as PNG data URIs; the page has no
 script and no external asset, so it opens offline.
@@ -19,13 +20,14 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from ..document import LrModelFigures, ModelDocument, Verdict
+from ..document import DeadFiltersFigures, LrModelFigures, ModelDocument, Verdict
 from ..document.pictures import Pictures
 from .charts import (
     DPI,
     channel_chart,
     colour_profile_chart,
     dead_chart,
+    evidence_chart,
     filter_grid,
     maps_grid,
     png_base64,
@@ -33,6 +35,7 @@ from .charts import (
     probe_image,
     sparsity_chart,
     sweep_chart,
+    witness_grid,
 )
 
 #: Outcomes in the order the verdict table lists them.
@@ -158,6 +161,14 @@ def _maps_figures(pictures: Pictures) -> str:
     return f'<div class="row">{"".join(maps)}</div>'
 
 
+EVIDENCE_CAPTION = (
+    "Dead channels by evidence: <b>provable</b>, no input in the box (pixels in [0, 1]) can activate it "
+    "(interval bounds of its pre-activation never exceed 0); <b>revivable</b>, dead on the probe set, but a "
+    "witness image found by gradient ascent activates it; <b>probe</b>, dead on the probe set and no witness "
+    "found. A triangle marks a layer the bound proof does not reach."
+)
+
+
 def _dead_section(document: ModelDocument, pictures: Pictures | None) -> str:
     rows = check_rows(document, "dead_filters")
     parts = []
@@ -167,9 +178,66 @@ def _dead_section(document: ModelDocument, pictures: Pictures | None) -> str:
             "(count above the bar); dashed: the share allowed."
         )
         parts.append(_figure(dead_chart(rows), caption, "dead channels per layer"))
+    if any(isinstance(row.figures, DeadFiltersFigures) and row.figures.dead_count for row in rows):
+        parts.append(_figure(evidence_chart(rows), EVIDENCE_CAPTION, "dead channels by evidence"))
+        parts.append(_cost_table(document, rows))
+    parts.append(_proof_note(document))
+    if pictures is not None and pictures.witnesses:
+        caption = (
+            "Revivable channels: the probe image the search started from, the witness it found (pixels kept in "
+            "[0, 1]), where they differ (white: the largest change), and the channel's activation on the witness, "
+            "scaled to its own maximum; above it, the channel's highest pre-activation. The audited runtime "
+            "confirms each witness."
+        )
+        parts.append(_figure(witness_grid(pictures.witnesses), caption, "witnesses of revivable channels"))
     if pictures is not None and pictures.maps:
         parts.append(_maps_figures(pictures))
     return "".join(parts)
+
+
+def _spent(value: int | None, share: float | None) -> str:
+    return f"{value:,} ({share:.2%})" if value is not None and share is not None else "-"
+
+
+def _cost_table(document: ModelDocument, rows: list[Verdict]) -> str:
+    """Per layer with dead channels: each channel with its evidence, and what they cost; the model's total."""
+    body = []
+    for row in rows:
+        figures = row.figures
+        if not isinstance(figures, DeadFiltersFigures) or not figures.dead_count:
+            continue
+        channels = ", ".join(f"{c} ({kind})" for c, kind in zip(figures.dead_channels, figures.evidence))
+        body.append(
+            f'<tr><td class="item">{_e(row.layer)}</td><td>{_e(channels)}</td>'
+            f"<td>{_spent(figures.dead_params, figures.dead_param_share)}</td>"
+            f"<td>{_spent(figures.dead_macs, figures.dead_mac_share)}</td></tr>"
+        )
+    cost = document.dead_cost
+    if cost is not None:
+        body.append(
+            f"<tr><td><b>model</b></td><td>of {cost.model_params:,} parameters, {cost.model_macs:,} multiply-adds</td>"
+            f"<td><b>{_spent(cost.dead_params, cost.param_share)}</b></td>"
+            f"<td><b>{_spent(cost.dead_macs, cost.mac_share)}</b></td></tr>"
+        )
+    head = "<tr><th>layer</th><th>dead channels (evidence)</th><th>parameters</th><th>multiply-adds per image</th></tr>"
+    return f"<table><thead>{head}</thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _proof_note(document: ModelDocument) -> str:
+    evidence = document.dead_evidence
+    if evidence is None:
+        return ""
+    said = []
+    if evidence.certified:
+        stopped = f"; it stops at {', '.join(evidence.stopped[:3])}" if evidence.stopped else ""
+        said.append(f"The bound proof reaches {evidence.layers_reached} of {evidence.layers} layers{stopped}.")
+    if evidence.torch_form is not None:
+        said.append(
+            f"The witness search ran on {evidence.torch_form}: {evidence.searched} channel(s), up to "
+            f"{evidence.witness_steps} steps each."
+        )
+    said.extend(f"{note}." for note in evidence.notes)
+    return f'<p class="note">{_e(" ".join(said))}</p>' if said else ""
 
 
 def _colour_section(document: ModelDocument, pictures: Pictures | None) -> str:

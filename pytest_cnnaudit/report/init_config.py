@@ -7,7 +7,8 @@ the models pass as they are and a regression fails:
 
 - the input spec the audit used, written out, so its assumptions (mean, std) are visible;
 - per model, sparsity bounds [lowest layer - MARGIN, highest layer + MARGIN] clipped to [0, 1];
-- per model ``dead_filters: {max_count: 0}``, and for each layer that had dead channels a
+- per model ``dead_filters: {max_count: 0, evidence: ...}`` (the evidence in use), and for each layer that
+  had dead channels (that counted under that evidence) a
   ``layers:`` rule accepting exactly that many (its id escaped, so ``[`` in an ONNX id is not
   read as a glob); a layer id shared by several models gets the largest of their counts;
 - the first conv layer's measured colour use as the expectation (``invariant`` when its
@@ -147,6 +148,17 @@ def _verdicts(document: ModelDocument, check: str) -> list[Verdict]:
     return [v for v in document.verdicts if v.check == check]
 
 
+#: dead_filters keys the starting config sets itself rather than carrying them from the config in use.
+DEAD_LIMITS = ("enabled", "max_count", "max_fraction", "evidence")
+
+
+def _counted(figures: DeadFiltersFigures) -> tuple[int, ...]:
+    """The dead channels that counted against the limits (all of them, under ``evidence: probe``)."""
+    if figures.counting == "provable":
+        return figures.provable_channels
+    return figures.dead_channels
+
+
 def _measured(document: ModelDocument, check: str, figures: type[F]) -> list[tuple[Verdict, F]]:
     """Per-layer verdicts of ``check`` that measured something (skipped ones carry no figures), with their figures."""
     return [
@@ -207,23 +219,32 @@ class _Writer:
         self.add(f"      sparsity: {flow(bounds)}", note)
 
     def _dead_filters(self, document: ModelDocument, spec: ModelSpec) -> None:
-        if not self.config.checks_for(spec).dead_filters.enabled:
+        settings = self.config.checks_for(spec).dead_filters
+        if not settings.enabled:
             self.add("      dead_filters: {enabled: false}", "off in the config in use")
             return
         rows = _measured(document, "dead_filters", DeadFiltersFigures)
         if not rows:
             self.lines.append("      # dead_filters: no layer was measurable, so no limit is written")
             return
-        with_dead = [(verdict, figures) for verdict, figures in rows if figures.dead_count]
-        for verdict, figures in with_dead:
-            self.dead.setdefault(str(verdict.layer), []).append((document.path, figures.dead_channels))
+        counted = [(verdict, figures, _counted(figures)) for verdict, figures in rows]
+        with_dead = [(verdict, channels) for verdict, _, channels in counted if channels]
+        for verdict, channels in with_dead:
+            self.dead.setdefault(str(verdict.layer), []).append((document.path, channels))
+        which = "provably dead channels" if settings.evidence == "provable" else "dead channels"
         note = (
-            f"{len(with_dead)} of {len(rows)} layer(s) had dead channels, accepted under layers: below; "
+            f"{len(with_dead)} of {len(rows)} layer(s) had {which}, accepted under layers: below; "
             "no other channel may die"
             if with_dead
-            else f"no dead channel in {len(rows)} layer(s): none may appear"
+            else f"no {which[:-1]} in {len(rows)} layer(s): none may appear"
         )
-        self.add("      dead_filters: {max_count: 0}", note)
+        kinds = [kind for _, figures in rows for kind in figures.evidence]
+        if kinds:
+            found = ", ".join(f"{kinds.count(kind)} {kind}" for kind in ("provable", "revivable", "probe"))
+            note += f"\nevidence of the dead channels found: {found}; evidence: {settings.evidence} counts "
+            note += "only the provable ones" if settings.evidence == "provable" else "all of them"
+        section = {"max_count": 0, "evidence": settings.evidence, **_non_default(settings, skip=DEAD_LIMITS)}
+        self.add(f"      dead_filters: {flow(section)}", note)
 
     def _colour(self, document: ModelDocument, spec: ModelSpec) -> None:
         colour = self.config.checks_for(spec).color

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..document import ModelDocument
+from ..document import DeadFiltersFigures, ModelDocument
 
 #: Terminal colour of a summary line (pytest's markup name), by the outcome it reports.
 OUTCOME_COLOURS = {"failed": "red", "skipped": "yellow"}
@@ -12,9 +12,9 @@ SummaryLine = tuple[str, str | None]
 
 
 def summary_lines(documents: list[ModelDocument]) -> list[SummaryLine]:
-    """A table per model: layer, channels, sparsity, dead channels, the failed checks; then its colour
-    profile, and the model-level items that did not pass (nothing measured, not in the baseline, ...),
-    a failed one in red: a model where nothing could be measured must not read as a pass."""
+    """A table per model: layer, channels, sparsity, dead channels, the failed checks; then the dead channels'
+    evidence and cost, its colour profile, and the model-level items that did not pass (nothing measured, not
+    in the baseline, ...), a failed one in red: a model where nothing could be measured must not read as a pass."""
     lines: list[SummaryLine] = []
     for document in documents:
         lines.append((document.path, None))
@@ -23,6 +23,7 @@ def summary_lines(documents: list[ModelDocument]) -> list[SummaryLine]:
             lines.append((f"  error: {document.error}", "red"))
             continue
         lines.extend(_layer_table(document))
+        lines.extend((line, None) for line in dead_channel_lines(document))
         lines.extend((line, None) for line in colour_profile_lines(document))
         for verdict in document.verdicts:
             if verdict.layer is None and verdict.outcome in OUTCOME_COLOURS:
@@ -47,6 +48,51 @@ def _layer_table(document: ModelDocument) -> list[SummaryLine]:
         row = f"  {layer.id:<{width}}  {layer.channels:>8}  {sparsity:>8}  {dead:>5}  {checks}".rstrip()
         lines.append((row, "red" if checks else None))
     return lines
+
+
+#: The kinds of evidence of a dead channel, in the order the tables list them.
+EVIDENCE_KINDS = ("provable", "revivable", "probe")
+
+
+def dead_channel_lines(document: ModelDocument) -> list[str]:
+    """Per layer with dead channels, how many have each kind of evidence and what they cost; the model's
+    total; how far the bound proof reached. Nothing when no judged layer has a dead channel."""
+    rows = [
+        (str(verdict.layer), verdict.figures)
+        for verdict in document.verdicts
+        if verdict.check == "dead_filters" and isinstance(verdict.figures, DeadFiltersFigures)
+        if verdict.figures.dead_count
+    ]
+    if not rows:
+        return []
+    width = max(len("model"), *(len(layer) for layer, _ in rows))
+    header = f"  {'dead':<{width}}  {'provable':>8}  {'revivable':>9}  {'probe':>5}  {'parameters':>18}  multiply-adds"
+    lines = [header]
+    for layer, f in rows:
+        counts = [f.evidence.count(kind) for kind in EVIDENCE_KINDS]
+        lines.append(
+            _dead_row(layer, width, counts, (f.dead_params, f.dead_param_share), (f.dead_macs, f.dead_mac_share))
+        )
+    cost = document.dead_cost
+    totals = [sum(f.evidence.count(kind) for _, f in rows) for kind in EVIDENCE_KINDS]
+    params = (cost.dead_params, cost.param_share) if cost is not None else (None, None)
+    macs = (cost.dead_macs, cost.mac_share) if cost is not None else (None, None)
+    lines.append(_dead_row("model", width, totals, params, macs))
+    evidence = document.dead_evidence
+    if evidence is not None and evidence.certified:
+        lines.append(f"  bound proof reaches {evidence.layers_reached} of {evidence.layers} layers")
+    return lines
+
+
+def _dead_row(name: str, width: int, counts: list[int], params: tuple, macs: tuple) -> str:
+    provable, revivable, probe = counts
+    row = f"  {name:<{width}}  {provable:>8}  {revivable:>9}  {probe:>5}  {_spent(*params):>18}  {_spent(*macs)}"
+    return row.rstrip()
+
+
+def _spent(value: int | None, share: float | None) -> str:
+    """``586 (4.1%)``, or ``-`` when the cost could not be counted."""
+    return f"{value:,} ({share:.1%})" if value is not None and share is not None else "-"
 
 
 def colour_profile_lines(document: ModelDocument) -> list[str]:

@@ -23,10 +23,11 @@ import onnx
 
 from ...config.model import InputSpec
 from ...errors import ModelError
-from ..base import ActivationSink, FirstConv, check_finite_outputs, resolve_input_spec
+from ..base import ActivationSink, FirstConv, ModelGraph, check_finite_outputs, resolve_input_spec
 from .first_conv import external_weight
 from .graph import batch_norm_scale, conv_layers, first_conv_node
 from .index import OnnxGraph, measuring_nodes
+from .tensors import layer_tensors
 
 #: Input element types a probe batch is cast to.
 INPUT_TYPES = {
@@ -178,6 +179,12 @@ class OnnxBackend:
         if scale is not None:
             weight = weight * scale.reshape(-1, 1, 1, 1)
         return FirstConv(layer_id=layer.id, weight=weight.astype(np.float32))
+
+    def model_graph(self) -> ModelGraph:
+        """The model as its file has it (read again: the session's copy has measuring outputs and nodes)."""
+        model = load_onnx_model(self.path)
+        tensors = layer_tensors(OnnxGraph(model), self.layers, self.channel_axes)
+        return ModelGraph("onnx", model, tensors, self.fixed_batch)
 
     def close(self) -> None:
         self._session_handle = None

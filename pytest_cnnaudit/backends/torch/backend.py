@@ -11,8 +11,25 @@ import torch
 
 from ...config.model import InputSpec
 from ...errors import ModelError
-from ..base import ActivationSink, FirstConv, check_finite_outputs, resolve_input_spec, sample_shape
-from .graph import CONV_TARGETS, batch_norm_scale, export_graph, getattr_path, instrument, layer_id, weight_name
+from ..base import (
+    ActivationSink,
+    FirstConv,
+    LayerTensors,
+    ModelGraph,
+    check_finite_outputs,
+    resolve_input_spec,
+    sample_shape,
+)
+from .graph import (
+    CONV_TARGETS,
+    activation_and_input,
+    batch_norm_scale,
+    export_graph,
+    getattr_path,
+    instrument,
+    layer_id,
+    weight_name,
+)
 
 
 class TorchBackend:
@@ -105,6 +122,21 @@ class TorchBackend:
                     weight = weight * scale.reshape(-1, 1, 1, 1)
                 return FirstConv(layer_id=layer_id(node), weight=weight.astype(np.float32))
         return None
+
+    def model_graph(self) -> ModelGraph:
+        """A deep copy of the measured graph without its recording calls, and each layer's nodes by name."""
+        copied = copy.deepcopy(self.graph_module)
+        for node in list(copied.graph.nodes):
+            if node.op == "call_function" and node.target == self._record:
+                copied.graph.erase_node(node)
+        copied.recompile()
+        tensors: dict[str, LayerTensors] = {}
+        for node in copied.graph.nodes:
+            if node.op == "call_function" and node.target in CONV_TARGETS:
+                found = activation_and_input(node)
+                activation, preactivation = (found[0].node.name, found[1].name) if found else (None, None)
+                tensors.setdefault(layer_id(node), LayerTensors(node.name, activation, preactivation))
+        return ModelGraph("torch.fx", copied, tensors, self.fixed_batch)
 
     def close(self) -> None:
         self.graph_module = None  # type: ignore[assignment]

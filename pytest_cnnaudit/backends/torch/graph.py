@@ -127,7 +127,13 @@ def layer_id(node: torch.fx.Node) -> str:
 
 
 def find_activation(conv: torch.fx.Node) -> Activation | None:
-    """The activation that follows ``conv`` through channel-preserving ops.
+    """The activation that follows ``conv`` through channel-preserving ops."""
+    found = activation_and_input(conv)
+    return found[0] if found is not None else None
+
+
+def activation_and_input(conv: torch.fx.Node) -> tuple[Activation, torch.fx.Node] | None:
+    """The activation that follows ``conv`` through channel-preserving ops, and the node it reads.
 
     Breadth first, so a residual ``Add`` whose output feeds both a ``Mul`` and the next ``Add``
     is followed on both paths: the nearest activation is the one, unless two differ at the same
@@ -135,12 +141,12 @@ def find_activation(conv: torch.fx.Node) -> Activation | None:
     """
     frontier, seen = [conv], {conv}
     for _ in range(WALK_DEPTH):
-        found: dict[torch.fx.Node, Activation] = {}
+        found: dict[torch.fx.Node, tuple[Activation, torch.fx.Node]] = {}
         following = []
         for node in frontier:
             activation = activation_of(node)
             if activation is not None:
-                found.setdefault(activation.node, activation)
+                found.setdefault(activation.node, (activation, node))
                 continue
             for user in node.users:
                 if user.target in CHANNEL_PRESERVING_TARGETS and user not in seen:

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import copy
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 
 from ...backends.base import ActivationSink, LayerInfo, sample_shape
@@ -217,23 +218,62 @@ def torch_network(context: AuditContext, batch_size: int) -> ProbeNetwork:
 # --------------------------------------------------------------------------- ONNX models
 
 
-def _tap_onnx_tensors(module: torch.fx.GraphModule, tap: _Tap) -> None:
-    """Call ``tap.record(name, value)`` after the converted module that produces each measured ONNX tensor."""
+def tap_onnx_tensors(
+    module: torch.fx.GraphModule, tensors: Iterable[str], record: Callable[[str, torch.Tensor], None]
+) -> None:
+    """Call ``record(name, value)`` after the converted module that produces each of the ONNX ``tensors``."""
     graph = module.graph
+    wanted = set(tensors)
     for node in list(graph.nodes):
         if node.op != "call_module":
             continue
         outputs = module.get_submodule(node.target).onnx_mapping.outputs
         for index, tensor in enumerate(outputs):
-            if tensor not in tap.channel_axes:
+            if tensor not in wanted:
                 continue
             value = node
             if len(outputs) > 1:
                 with graph.inserting_after(node):
                     value = graph.call_function(operator.getitem, (node, index))
             with graph.inserting_after(value):
-                graph.call_function(tap.record, (tensor, value))
+                graph.call_function(record, (tensor, value))
     module.recompile()
+
+
+def constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose ``Constant`` tensors are initializers: onnx2torch reads a conv's weights
+    from the initializers only, and exporters such as Paddle's write them as ``Constant`` nodes."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    kept = []
+    for node in copy.graph.node:
+        value = next((a.t for a in node.attribute if a.name == "value"), None) if node.op_type == "Constant" else None
+        if value is None:
+            kept.append(node)
+            continue
+        value.name = node.output[0]
+        copy.graph.initializer.append(value)
+    del copy.graph.node[:]
+    copy.graph.node.extend(kept)
+    return copy
+
+
+def converted_onnx(model: onnx.ModelProto) -> torch.fx.GraphModule:
+    """onnx2torch's conversion of ``model``, each module mapped to its ONNX tensors (``onnx_mapping``)."""
+    try:
+        import onnx2torch
+    except ImportError:
+        raise ProbeUnavailable(
+            "a torch form of an ONNX model needs onnx2torch: pip install 'pytest-cnnaudit[torch]'"
+        ) from None
+    try:
+        return onnx2torch.convert(constants_as_initializers(model), attach_onnx_mapping=True)
+    except Exception as exc:
+        raise ProbeUnavailable(f"onnx2torch cannot convert the model to torch: {first_line(exc)}") from None
+
+
+def onnx2torch_version() -> str:
+    return metadata.version("onnx2torch")
 
 
 def _set_module_batch_norm(module: torch.nn.Module, training: bool) -> None:
@@ -247,20 +287,11 @@ def _set_module_batch_norm(module: torch.nn.Module, training: bool) -> None:
 
 def onnx_network(context: AuditContext) -> ProbeNetwork:
     """An onnx2torch conversion of the ONNX file, tapped at the main pass's activation tensors."""
-    try:
-        import onnx2torch
-    except ImportError:
-        raise ProbeUnavailable(
-            "training an ONNX model needs onnx2torch: pip install 'pytest-cnnaudit[torch]'"
-        ) from None
     model = load_onnx_model(context.model)
     layers, channel_axes = conv_layers(OnnxGraph(model))
-    try:
-        module = onnx2torch.convert(model, attach_onnx_mapping=True)
-    except Exception as exc:
-        raise ProbeUnavailable(f"onnx2torch cannot convert the model to torch: {first_line(exc)}") from None
+    module = converted_onnx(model)
     tap = _Tap(channel_axes)
-    _tap_onnx_tensors(module, tap)
+    tap_onnx_tensors(module, channel_axes, tap.record)
     return ProbeNetwork(
         module=module,
         layers=layers,
@@ -269,5 +300,5 @@ def onnx_network(context: AuditContext) -> ProbeNetwork:
         fixed_batch=context.backend.fixed_batch,
         trainable=list(module.parameters()),
         set_batch_norm_training=lambda training: _set_module_batch_norm(module, training),
-        description=f"onnx2torch {metadata.version('onnx2torch')} conversion of the ONNX model",
+        description=f"onnx2torch {onnx2torch_version()} conversion of the ONNX model",
     )
