@@ -18,8 +18,8 @@ import onnx.parser
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from modelbuilders import save, two_conv_model
 from onnx import numpy_helper
-from onnx_text_models import save, two_conv_model
 from PIL import Image
 
 from pytest_cnnaudit import CnnAuditError, ConfigError, audit

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from onnx_text_models import save, two_conv_model
+from modelbuilders import save, two_conv_model
 
 from pytest_cnnaudit.config import parse_config
 from pytest_cnnaudit.document import AuditDocument

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnx.parser
 import pytest
+from modelbuilders import save, two_conv_model
 from onnx import numpy_helper
-from onnx_text_models import save, two_conv_model
 
 pytest_plugins = ["pytester"]
 

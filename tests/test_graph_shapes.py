@@ -8,8 +8,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from modelbuilders import conv_initializers, onnx_model, save_onnx
-from onnx_text_models import PLANTED, inactive_reference, measured, planted_conv, probe_inputs, run_exposing
+from modelbuilders import (
+    PLANTED,
+    conv_initializers,
+    inactive_reference,
+    measured,
+    onnx_model,
+    planted_conv,
+    probe_inputs,
+    run_exposing,
+    save_onnx,
+)
 
 from pytest_cnnaudit.backends.onnx import OnnxBackend
 from pytest_cnnaudit.backends.onnx.graph import OnnxGraph, conv_layers

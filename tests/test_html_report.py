@@ -9,7 +9,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from onnx_text_models import save, two_conv_model
+from modelbuilders import save, two_conv_model
 from PIL import Image
 
 pytest_plugins = ["pytester"]

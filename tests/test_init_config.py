@@ -13,7 +13,7 @@ import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
-from onnx_text_models import save, two_conv_model
+from modelbuilders import save, two_conv_model
 
 from pytest_cnnaudit.config import AuditConfig, LrSanityCheck, parse_config
 from pytest_cnnaudit.document import ColorFigures, LrModelFigures, LrSweep, ModelDocument, Verdict

@@ -22,7 +22,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from onnx_text_models import save, two_conv_model
+from modelbuilders import save, two_conv_model
 from PIL import Image
 
 from pytest_cnnaudit.backends.base import LayerInfo

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from onnx_text_models import save, two_conv_model
+from modelbuilders import save, two_conv_model
 
 pytest_plugins = ["pytester"]
 

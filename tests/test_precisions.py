@@ -1,6 +1,6 @@
 """One network in float32, float16, int8 QDQ, int8 QOperator and dynamically quantised (ConvInteger).
 
-The network (:func:`onnx_text_models.mixed_network`) has channels planted dead behind a ReLU
+The network (:func:`modelbuilders.mixed_network`) has channels planted dead behind a ReLU
 the quantiser folds after a conv and after a residual Add, and behind a SiLU. References are
 onnxruntime outputs read with numpy: the float activations, the QDQ graph's dequantised
 tensors, and the QOperator graph's integer outputs dequantised by hand.
@@ -14,19 +14,21 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from modelbuilders import save_onnx
-from onnx import numpy_helper
-from onnx_text_models import (
+from modelbuilders import (
     MIXED_ACTIVATIONS,
     MIXED_LAYERS,
     inactive_reference,
     measured,
     mixed_network,
+    onnx_model,
+    planted_conv,
     probe_inputs,
     quantised,
     run_exposing,
+    save_onnx,
     to_float16,
 )
+from onnx import numpy_helper
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic
 
 from pytest_cnnaudit.backends.onnx import OnnxBackend
@@ -215,9 +217,6 @@ CAST_INPUTS = {
 
 
 def _typed_input_model(kind: str) -> onnx.ModelProto:
-    from modelbuilders import onnx_model
-    from onnx_text_models import planted_conv
-
     image, prelude, extra = CAST_INPUTS[kind]
     text = f"""<ir_version: 8, opset_import: ["" : 17]>
     net ({image}) => (float[N, 8, 16, 16] out) {{

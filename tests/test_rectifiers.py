@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from modelbuilders import save_onnx
-from onnx_text_models import PLANTED, conv_then, inactive_reference, measured, probe_inputs, run_exposing
+from modelbuilders import PLANTED, conv_then, inactive_reference, measured, probe_inputs, run_exposing, save_onnx
 
 from pytest_cnnaudit.backends.base import RECTIFIERS, SATURATING
 from pytest_cnnaudit.backends.onnx.graph import OnnxGraph, conv_layers
