@@ -156,7 +156,9 @@ class AuditItem(pytest.Item):
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self) -> tuple[Path, None, str]:
-        return self.path, None, f"{self.model_file.model_name}::{self.name}"
+        # The item's own name, not "model.onnx::name": pytest's verbose line turns the dots of a domain
+        # (before any "[") into "::", which printed "healthy::onnx::sparsity[conv1]", no node id at all.
+        return self.path, None, self.name
 
 
 def attach_payload(item: pytest.Item, report: pytest.TestReport) -> None:
