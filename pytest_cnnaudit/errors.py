@@ -24,7 +24,13 @@ class ProbeError(CnnAuditError):
     """The probe images cannot be read."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of what an exception said (its type's name when it said nothing): a library's
+    message cut to the line that matters."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def one_line(exc: BaseException) -> str:
     """``TypeError: what it said``, first line only: how an unexpected exception is reported."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+    return f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__

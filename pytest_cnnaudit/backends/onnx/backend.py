@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from ...config.model import InputSpec
-from ...errors import ModelError
+from ...errors import ModelError, first_line
 from ..base import ActivationSink, FirstConv, ModelGraph, check_finite_outputs, resolve_input_spec
 from .first_conv import external_weight
 from .graph import batch_norm_scale, conv_layers, first_conv_node
@@ -142,8 +142,7 @@ class OnnxBackend:
         try:
             return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"{self.path}: onnxruntime cannot load the model: {first_line}") from None
+            raise ModelError(f"{self.path}: onnxruntime cannot load the model: {first_line(exc)}") from None
 
     def run(self, batch: np.ndarray, sink: ActivationSink) -> None:
         names = list(self.channel_axes)
@@ -151,7 +150,7 @@ class OnnxBackend:
         try:
             outputs = self.session.run(names + model_outputs, {self.input_name: self._cast(batch)})
         except Exception as exc:
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            message = first_line(exc)
             raise ModelError(
                 f"{self.path}: onnxruntime failed on a batch of shape {list(batch.shape)}: {message}"
             ) from None

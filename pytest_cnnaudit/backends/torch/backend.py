@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ...config.model import InputSpec
-from ...errors import ModelError
+from ...errors import ModelError, first_line
 from ..base import (
     ActivationSink,
     FirstConv,
@@ -98,7 +98,7 @@ class TorchBackend:
         except ModelError:
             raise
         except Exception as exc:
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            message = first_line(exc)
             raise ModelError(
                 f"{self.name}: the model failed on a batch of shape {list(batch.shape)}: {message}"
             ) from None

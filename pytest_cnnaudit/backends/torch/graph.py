@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...errors import ModelError
+from ...errors import ModelError, first_line
 from ..base import RECTIFIERS, LayerInfo
 from .activations import Activation, activation_of
 
@@ -73,7 +73,7 @@ def export_graph(model: Any, example: torch.Tensor, name: str) -> tuple[torch.fx
             dynamic = ({0: torch.export.Dim.AUTO},)
             return torch.export.export(model.eval(), (example,), dynamic_shapes=dynamic).module(), None
     except Exception as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = first_line(exc)
         raise ModelError(f"{name}: torch.export cannot trace the model: {message}") from None
 
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import torch
 
 from ...backends.base import ModelGraph
-from ...errors import CnnAuditError
+from ...errors import CnnAuditError, first_line
 from .witness import PreactivationNetwork
 
 
@@ -62,7 +62,7 @@ def preactivation_network(graph: ModelGraph, keys: Iterable[str]) -> tuple[Preac
         except _AllRecorded:
             pass
         except Exception as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            text = first_line(exc)
             raise TorchFormUnavailable(
                 f"the torch form failed on a batch of shape {list(inputs.shape)}: {text}"
             ) from None

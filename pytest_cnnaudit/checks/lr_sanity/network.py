@@ -40,18 +40,13 @@ from ...backends.onnx.graph import OnnxGraph, conv_layers
 from ...backends.torch import TorchBackend, export_graph, getattr_path, instrument, load_torch_module
 from ...config.model import InputSpec
 from ...engine.check import AuditContext
-from ...errors import ModelError
+from ...errors import ModelError, first_line
 
 aten = torch.ops.aten
 
 
 class ProbeUnavailable(Exception):
     """The model has no trainable torch form, or the form cannot run; the message says why."""
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class _Tap:
