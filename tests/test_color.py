@@ -367,7 +367,10 @@ def test_grayscale_model_is_colour_invariant() -> None:
 
 def test_expect_invariant_fails_a_colour_model_end_to_end(pytester: pytest.Pytester) -> None:
     export(ColourNet(red_minus_green()), pytester.path / "opponent.onnx")
-    pytester.makefile(".yaml", cnnaudit="probe: {count: 8}\nchecks:\n  color: {first_layer: {expect: invariant}}\n")
+    pytester.makefile(
+        ".yaml",
+        cnnaudit="probe: {count: 8}\nruntime: {isolate: false}\nchecks:\n  color: {first_layer: {expect: invariant}}\n",
+    )
     result = pytester.runpytest("--cnnaudit", "opponent.onnx", "--cnnaudit-config", "cnnaudit.yaml", "-p", "no:xdist")
     result.assert_outcomes(passed=4, failed=1)
     result.stdout.fnmatch_lines(
