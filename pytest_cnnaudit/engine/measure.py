@@ -145,10 +145,10 @@ def measure(
     if progress is not None:
         progress(done, probes.count)
     with single_threaded_blas():
-        for batch in prefetched_batches(probes, batch_size):
+        for batch, model_input in prefetched_batches(probes, batch_size, backend.input_spec):
             members = profiled[(profiled >= done) & (profiled < done + batch.shape[0])]
             rows = members - done
-            run_padded_reduced(backend, to_model_input(batch, backend.input_spec), zero_eps, sink)
+            run_padded_reduced(backend, model_input, zero_eps, sink)
             if rows.size:
                 twins = to_model_input(grayscale(batch[rows]), backend.input_spec)
                 run_padded_reduced(backend, twins, zero_eps, gray_sink)

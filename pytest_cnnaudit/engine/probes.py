@@ -175,23 +175,29 @@ PREFETCH_WORKERS = 2
 
 
 def prefetched_batches(
-    probes: ProbeSet, batch_size: int, ahead: int = PREFETCH_BATCHES, workers: int = PREFETCH_WORKERS
-) -> Iterator[np.ndarray]:
-    """:meth:`ProbeSet.batches`, each image made on a thread pool up to ``ahead`` batches before it is used.
+    probes: ProbeSet, batch_size: int, spec: InputSpec, ahead: int = PREFETCH_BATCHES, workers: int = PREFETCH_WORKERS
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(images, model input) of each of :meth:`ProbeSet.batches`, every image made and turned into model
+    input (:func:`to_model_input`, for ``spec``) on a thread pool up to ``ahead`` batches before it is used.
 
-    Every image is a pure function of its index, so the threads' order changes nothing: the
-    batches are those of :meth:`ProbeSet.batches`, bit for bit. At most ``ahead + 1`` batches of
-    images exist at a time; a failing image (an unreadable file) raises when its batch is taken.
+    Every image is a pure function of its index and the input an elementwise function of its image,
+    so the threads' order changes nothing: the same bits as :meth:`ProbeSet.batches` and one
+    :func:`to_model_input` of each batch. At most ``ahead + 1`` batches exist at a time; a failing
+    image (an unreadable file) raises when its batch is taken.
     """
     starts = iter(range(0, probes.count, batch_size))
-    pending: deque[list[Future[np.ndarray]]] = deque()
+    pending: deque[list[Future[tuple[np.ndarray, np.ndarray]]]] = deque()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="cnnaudit-probes")
+
+    def prepared(index: int) -> tuple[np.ndarray, np.ndarray]:
+        image = probes.image(index)
+        return image, to_model_input(image[None], spec)[0]
 
     def submit_next() -> None:
         start = next(starts, None)
         if start is not None:
             stop = min(start + batch_size, probes.count)
-            pending.append([pool.submit(probes.image, index) for index in range(start, stop)])
+            pending.append([pool.submit(prepared, index) for index in range(start, stop)])
 
     try:
         for _ in range(ahead + 1):
@@ -199,7 +205,8 @@ def prefetched_batches(
         while pending:
             futures = pending.popleft()
             submit_next()
-            yield np.stack([future.result() for future in futures])
+            images, inputs = zip(*(future.result() for future in futures))
+            yield np.stack(images), np.stack(inputs)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

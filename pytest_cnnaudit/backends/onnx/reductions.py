@@ -13,10 +13,15 @@ Per measured tensor, over every axis but the batch and the channel axis, two for
   active count as the mean of a 0/1 map (``HardSigmoid`` with a huge gain, twice, see
   :func:`indicator_gain`), ``round(mean x positions)`` being exact below 2**22 positions; the sum
   as a float32 ``GlobalAveragePool`` (means agree with float64 numpy to about 1e-7 relative).
-- ``float64`` (everything else: NHWC tensors, larger or unknown maps, CUDA): ``ReduceMax``; the
+- ``float64`` (NHWC tensors, larger or unknown maps, float64 activations, CUDA): ``ReduceMax``; the
   count as ``ReduceSum(Cast(Greater(x, eps)))``, cast to float below 2**24 positions (every partial
   sum is then an exact integer; 2.5x cheaper than int32 on CPU), to int32 above; the sum as
   ``ReduceSum(Cast(x, double))``, what numpy's float64 sum gives.
+- ``whole`` (float16 and other narrow activations): the activation itself as a graph output, reduced
+  in numpy. onnxruntime's CPU kernels compute in float32 around casts it inserts and then removes
+  in pairs, so a reduction of ours reading a float16 activation may see it unrounded (counts at
+  ``eps`` and maxima differed from the fp16 model's own output); a graph output is the fp16 tensor.
+
 
 A maximum is exact in any precision; onnxruntime's ``ReduceMax`` skips NaN, so non-finite
 activations are found on the sum, which every NaN and inf reaches.
@@ -24,8 +29,8 @@ activations are found on the sum, which every NaN and inf reaches.
 Order matters for memory: onnxruntime orders nodes by a depth-first walk back from the nodes whose
 outputs nobody consumes, taking the one of highest index first. The reductions are appended after
 the model's nodes in reverse layer order (each ending in a node onnxruntime keeps: a ``Flatten``
-after a pooling op, which it replaces), and each model output is routed through an ``Identity`` of
-ours placed before them, so each layer's reductions run right after the layer. This is
+after a pooling op, which it replaces), and each model output is read by a ``ReduceMax`` of ours
+placed before them (:func:`_anchor_outputs`), so each layer's reductions run right after the layer. This is
 onnxruntime's behaviour, not a documented contract: a test pins it.
 
 The ops keep the model's opset: axes are an attribute before opset 13 (``ReduceSum``) or 18
@@ -35,13 +40,13 @@ The ops keep the model's opset: axes are an attribute before opset 13 (``ReduceS
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..reductions import PerImageReductions
+from ..reductions import PerImageReductions, numpy_reductions
 
 #: Below this many positions per map a float32 count is exact (every partial sum is an integer < 2**24).
 FLOAT_COUNT_LIMIT = 2**24
@@ -51,14 +56,11 @@ POOLED_COUNT_LIMIT = 2**22
 MIN_OPSET = 7
 #: Bytes per value of the element types an activation may have (others: float32's).
 ITEMSIZE = {TensorProto.FLOAT16: 2, TensorProto.BFLOAT16: 2, TensorProto.DOUBLE: 8}
-#: Activations reduced in their own precision, as numpy compares them. Not cast to float32 first: on the CPU
-#: onnxruntime runs an fp16 node whose every consumer casts to float32 in float32 itself, and the measured
-#: activation would then never be rounded to float16 (maxima differed from the fp16 model's in the 4th digit).
-OWN_PRECISION = {
-    TensorProto.FLOAT: np.dtype(np.float32),
-    TensorProto.FLOAT16: np.dtype(np.float16),
-    TensorProto.DOUBLE: np.dtype(np.float64),
-}
+#: Model output types a ``ReduceMax`` reads (the anchors of :func:`_anchor_outputs`).
+ANCHORED = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.INT32, TensorProto.INT64})
+#: Activations reduced in the graph, in their own precision (eps rounded to it, as numpy compares them);
+#: unknown element types are taken for float32. Any other type is a ``whole`` output (module docstring).
+IN_GRAPH = {TensorProto.FLOAT: np.dtype(np.float32), TensorProto.DOUBLE: np.dtype(np.float64)}
 
 
 @dataclass(frozen=True)
@@ -98,14 +100,19 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, TensorType]:
 class ReducedOutputs:
     """The graph outputs of one measured tensor's reductions, and how to read them back."""
 
-    max: str
+    form: str  # "pooled", "float64" or "whole" (module docstring)
+    max: str  # whole: the activation itself
     active: str
     sum: str  # pooled: the mean; float64: the sum
     shape: str | None  # the activation's shape, an output only where shape inference left the positions unknown
-    pooled: bool
     channel_axis: int
     itemsize: int
     positions: int | None  # values per image and channel, when shape inference knows them
+    eps: float
+
+    @property
+    def pooled(self) -> bool:
+        return self.form == "pooled"
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -113,6 +120,8 @@ class ReducedOutputs:
 
     def read(self, values: dict[str, np.ndarray]) -> PerImageReductions:
         """The (N, C) reductions from this batch's output ``values`` (by output name)."""
+        if self.form == "whole":
+            return numpy_reductions(values[self.max], self.channel_axis, self.eps)
         positions = self.positions
         if positions is None:
             shape = values[self.shape]  # type: ignore[index]
@@ -201,12 +210,10 @@ def _float64(
 
 
 def _reduce_tensor(writer: _NodeWriter, tensor: str, known: TensorType, eps: float, names: ReducedOutputs) -> None:
-    if names.pooled:
+    if names.form == "pooled":
         _pooled(writer, tensor, eps, names)
         return
-    data, dtype = tensor, OWN_PRECISION.get(known.element, np.dtype(np.float32))
-    if known.element not in (*OWN_PRECISION, 0):  # bfloat16 and the like: compared in float32
-        data = writer.node("Cast", [tensor], "float", to=TensorProto.FLOAT)
+    data, dtype = tensor, IN_GRAPH.get(known.element, np.dtype(np.float32))
     if known.dims is not None:
         axes = [axis for axis in range(len(known.dims)) if axis not in (0, names.channel_axis)]
     elif names.channel_axis == 1:
@@ -221,27 +228,22 @@ def _reduce_tensor(writer: _NodeWriter, tensor: str, known: TensorType, eps: flo
         writer.node("Shape", [tensor], "shape", names.shape)
 
 
-def _route_outputs_through_identity(graph: onnx.GraphProto) -> dict[str, str]:
-    """Each model output produced through an Identity appended now, ahead of the reductions.
+def _anchor_outputs(writer: _NodeWriter, graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """A ``ReduceMax`` of ours reading each model output, itself a (scalar) graph output, written ahead of
+    the reductions.
 
-    onnxruntime may replace the node producing a model output (a Conv + Relu becomes a blocked
-    Conv and a ReorderOutput, with a new, higher index); the walk would then start from it and run
-    the whole network before any reduction. The Identity keeps the output's leaf a node of ours,
-    placed before every reduction. Returns the new name of each renamed tensor (the reductions of a
-    measured tensor that is also a model output read it before the Identity).
+    onnxruntime may replace the node producing a model output (a Conv + Relu becomes a blocked Conv
+    and a ReorderOutput, with a new, higher index); left a leaf, the walk would start from it and
+    run the whole network before any reduction. Read by a node of ours placed before every
+    reduction, it is no longer a leaf. The model output stays what it is: routing it through an
+    ``Identity`` instead changed what onnxruntime fuses (a tanh GELU whose output is the model's
+    became its ``FastGelu``, one float32 ulp away from the model's own output).
     """
-    renamed: dict[str, str] = {}
     produced = {name for node in graph.node for name in node.output}
-    for output in graph.output:
-        if output.name not in produced:
-            continue
-        inner = f"{output.name}__cnnaudit_inner"
-        for node in graph.node:
-            node.output[:] = [inner if name == output.name else name for name in node.output]
-            node.input[:] = [inner if name == output.name else name for name in node.input]
-        graph.node.append(helper.make_node("Identity", [inner], [output.name], name=f"cnnaudit_output_{output.name}"))
-        renamed[output.name] = inner
-    return renamed
+    for index, output in enumerate(graph.output):
+        if output.name in produced and output.type.tensor_type.elem_type in ANCHORED:
+            writer.node("ReduceMax", [output.name], "anchor", f"cnnaudit_anchor_{index}", keepdims=0)
+    return writer.take()
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -262,32 +264,41 @@ def add_reductions(
 
         model.CopyFrom(version_converter.convert_version(model, MIN_OPSET))
     writer = _NodeWriter(default_opset(model), "cnnaudit_reduce_")
-    renamed = _route_outputs_through_identity(model.graph)
+    anchors = _anchor_outputs(writer, model.graph)
     outputs: dict[str, ReducedOutputs] = {}
     chunks: list[list[onnx.NodeProto]] = []
     for index, (tensor, channel_axis) in enumerate(tensors.items()):
         known = types.get(tensor, TensorType(0, None))
         positions = known.positions(channel_axis)
-        use_pooled = (
-            pooled
-            and known.element == TensorProto.FLOAT
-            and channel_axis == 1
-            and positions is not None
-            and positions < POOLED_COUNT_LIMIT
-        )
         names = ReducedOutputs(
+            _form(known, channel_axis, pooled),
             *(f"cnnaudit_{kind}_{index}" for kind in ("max", "active", "sum")),
             shape=None if positions is not None else f"cnnaudit_shape_{index}",
-            pooled=use_pooled,
             channel_axis=channel_axis,
             itemsize=ITEMSIZE.get(known.element, 4),  # type: ignore[call-overload]
             positions=positions,
+            eps=eps,
         )
-        _reduce_tensor(writer, renamed.get(tensor, tensor), known, eps, names)
+        if names.form == "whole":
+            names = replace(names, max=tensor, active="", sum="", shape=None)
+            if names.max not in {output.name for output in model.graph.output}:
+                model.graph.output.append(helper.make_empty_tensor_value_info(names.max))
+        else:
+            _reduce_tensor(writer, tensor, known, eps, names)
         chunks.append(writer.take())
         outputs[tensor] = names
     # Reversed: see "Order matters for memory" in the module docstring.
-    model.graph.node.extend(node for chunk in reversed(chunks) for node in chunk)
+    model.graph.output.extend(helper.make_empty_tensor_value_info(node.output[0]) for node in anchors)
+    model.graph.node.extend([*anchors, *(node for chunk in reversed(chunks) for node in chunk)])
     for names in reversed(outputs.values()):
-        model.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in reversed(names.names))
+        if names.form != "whole":
+            model.graph.output.extend(helper.make_empty_tensor_value_info(name) for name in reversed(names.names))
     return outputs
+
+
+def _form(known: TensorType, channel_axis: int, pooled: bool) -> str:
+    if known.element not in (*IN_GRAPH, 0):
+        return "whole"
+    positions = known.positions(channel_axis)
+    small = positions is not None and positions < POOLED_COUNT_LIMIT
+    return "pooled" if pooled and known.element == TensorProto.FLOAT and channel_axis == 1 and small else "float64"

@@ -135,8 +135,14 @@ class TorchBackend:
         finally:
             self._sink = None
 
+    @property
+    def reduces_on_device(self) -> bool:
+        """Whether the recording calls reduce each activation with torch ops where it lives (a CUDA device),
+        rather than handing it to numpy as a zero-copy view (the CPU)."""
+        return self.device != "cpu"
+
     def run_reduced(self, batch: np.ndarray, eps: float, sink: ReducedSink) -> None:
-        if self.device == "cpu":
+        if not self.reduces_on_device:
             self.run(batch, lambda key, activation, axis: sink(key, numpy_reductions(activation, axis, eps)))
             return
         self._pending, self._eps = {}, eps
