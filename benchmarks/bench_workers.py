@@ -112,7 +112,7 @@ def work_bare(model: str, images: int, batch: int, cache: Path, folder: str | No
     from pytest_cnnaudit.backends.device import onnx_providers
     from pytest_cnnaudit.config import InputSpec
     from pytest_cnnaudit.engine.audit import probe_set_for
-    from pytest_cnnaudit.engine.probes import prefetched_batches, to_model_input
+    from pytest_cnnaudit.engine.probes import prefetched_batches
 
     config = audit_config(images, batch, folder, colour=False)
     clock = Stopwatch()
@@ -122,8 +122,8 @@ def work_bare(model: str, images: int, batch: int, cache: Path, folder: str | No
     session = ort.InferenceSession(str(onnx_path(model, cache)), options, providers=providers)
     opened = time.perf_counter() - clock.wall
     spec = resolve_input_spec(InputSpec(size=SIZE), (None, 3, *SIZE), "bench")
-    for pixels in prefetched_batches(probe_set_for(config, SIZE), batch):
-        session.run(None, {"input": to_model_input(pixels, spec)})
+    for model_input, _ in prefetched_batches(probe_set_for(config, SIZE), batch, spec):
+        session.run(None, {"input": model_input})
     return clock.read(open_seconds=opened, provider=session.get_providers()[0])
 
 
@@ -145,7 +145,7 @@ def work_torch(model: str, images: int, batch: int, audit: bool) -> dict:
     from pytest_cnnaudit.backends.base import resolve_input_spec
     from pytest_cnnaudit.config import InputSpec, ModelSpec
     from pytest_cnnaudit.engine.audit import audit_model, probe_set_for
-    from pytest_cnnaudit.engine.probes import prefetched_batches, to_model_input
+    from pytest_cnnaudit.engine.probes import prefetched_batches
 
     module = torch_model(model)
     config = audit_config(images, batch, None, colour=False)
@@ -155,8 +155,8 @@ def work_torch(model: str, images: int, batch: int, audit: bool) -> dict:
         return clock.read()
     spec = resolve_input_spec(InputSpec(size=SIZE), None, "bench")
     with torch.no_grad():
-        for pixels in prefetched_batches(probe_set_for(config, SIZE), batch):
-            module(torch.from_numpy(to_model_input(pixels, spec)))
+        for model_input, _ in prefetched_batches(probe_set_for(config, SIZE), batch, spec):
+            module(torch.from_numpy(model_input))
     return clock.read()
 
 

@@ -199,19 +199,20 @@ def test_torch_backend_reducing_in_torch_gives_the_numpy_statistics(monkeypatch:
         InputSpec(size=(20, 24), channels="BGR", layout="NHWC", scale=255.0, mean=(1.0, 2.0, 3.0)),
     ],
 )
-def test_prefetched_batches_are_the_batches_and_their_model_input(spec: InputSpec) -> None:
+def test_prefetched_batches_are_the_batches_model_input_and_their_twins(spec: InputSpec) -> None:
     from pytest_cnnaudit.backends.base import resolve_input_spec
 
     resolved = resolve_input_spec(spec, None, "model")
     gray = resolve_input_spec(InputSpec(size=(20, 24), channels="GRAY"), None, "model")
     probes = default_probe_set((20, 24), 11, 3)
     for input_spec in (resolved, gray):
-        pairs = list(prefetched_batches(probes, 4, input_spec))
+        pairs = list(prefetched_batches(probes, 4, input_spec, frozenset({1, 2, 9})))
         plain = list(probes.batches(4))
-        assert [len(images) for images, _ in pairs] == [4, 4, 3]
-        for (images, model_input), batch in zip(pairs, plain):
-            np.testing.assert_array_equal(images, batch)
+        assert [(len(inputs), len(twins)) for inputs, twins in pairs] == [(4, 2), (4, 0), (3, 1)]
+        for (model_input, twins), batch, rows in zip(pairs, plain, ([1, 2], [], [1])):
             np.testing.assert_array_equal(model_input, to_model_input(batch, input_spec))
+            if rows:
+                np.testing.assert_array_equal(twins, to_model_input(grayscale(batch[rows]), input_spec))
 
 
 def test_prefetching_stays_a_bounded_number_of_batches_ahead(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -244,6 +245,6 @@ def test_an_unreadable_image_raises_when_its_batch_is_taken(tmp_path: Path) -> N
     (tmp_path / "4.png").write_bytes(b"not a png")
     probes = user_probe_set(tmp_path, (8, 8), None, 0)
     batches = prefetched_batches(probes, 2, resolve_input_spec(InputSpec(size=(8, 8)), None, "m"))
-    assert len(next(batches)[0]) == 2 and len(next(batches)[0]) == 2
+    assert len(next(batches)[0]) == 2 and len(next(batches)[0]) == 2  # images 0-3
     with pytest.raises(ProbeError, match=r"4\.png"):
         next(batches)

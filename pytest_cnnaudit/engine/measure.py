@@ -16,7 +16,7 @@ import numpy as np
 from ..backends.base import ActivationSink, Backend
 from ..backends.reductions import PerImageReductions, ReducedSink, numpy_reductions, single_threaded_blas
 from ..errors import ModelError
-from .probes import ProbeSet, grayscale, prefetched_batches, to_model_input
+from .probes import ProbeSet, prefetched_batches, to_model_input
 from .stats import TOP_IMAGES, ChannelAccumulator, ChannelStats, NonFiniteActivations
 
 
@@ -96,6 +96,54 @@ def profile_indices(count: int, budget: int) -> np.ndarray:
     return np.unique(np.floor(np.arange(budget) * (count / budget)).astype(np.int64))
 
 
+def non_finite(backend: Backend, key: str, images: int) -> ModelError:
+    """The one line for NaN or infinite activations of tensor ``key`` in ``images`` probe images."""
+    layers = ", ".join(layer.id for layer in backend.layers if layer.tensor == key)
+    return ModelError(
+        f"the activation of layer {layers} is NaN or infinite for {images} probe image(s): "
+        "NaN/inf weights or an input the model cannot take (check input.scale, mean, std)"
+    )
+
+
+class _GrayTwins:
+    """The colour profile's achromatic twins, gathered as their batches pass and run in batches of the main
+    pass's size (not a few at a time after each batch: a runtime's cost per image falls with the batch)."""
+
+    def __init__(self, backend: Backend, eps: float, batch_size: int, accumulators: dict[str, ChannelAccumulator]):
+        self.backend, self.eps, self.batch_size, self.accumulators = backend, eps, batch_size, accumulators
+        self.images = np.arange(0)
+        self.inputs: list[np.ndarray] = []
+        self.colour: dict[str, list[np.ndarray]] = {}
+
+    def add(self, images: np.ndarray, inputs: np.ndarray, colour: dict[str, np.ndarray]) -> None:
+        """Probe ``images`` (ascending, after every image added before), their twins' model ``inputs`` and
+        the colour images' (n, C) maxima per tensor; runs every full batch gathered."""
+        self.images = np.concatenate([self.images, images])
+        self.inputs.append(inputs)
+        for key, maxima in colour.items():
+            self.colour.setdefault(key, []).append(maxima)
+        while self.images.size >= self.batch_size:
+            self.run(self.batch_size)
+
+    def run(self, count: int | None = None) -> None:
+        """Run the first ``count`` gathered twins (all of them: None) and merge them into the top images."""
+        inputs = np.concatenate(self.inputs) if self.inputs else np.empty((0,))
+        count = self.images.size if count is None else count
+        if count == 0:
+            return
+        images, self.images = self.images[:count], self.images[count:]
+        colour = {key: np.concatenate(parts) for key, parts in self.colour.items()}
+        self.inputs = [inputs[count:]]
+        self.colour = {key: [maxima[count:]] for key, maxima in colour.items()}
+
+        def sink(key: str, reduced: PerImageReductions) -> None:
+            if not (np.isfinite(reduced.sum).all() and np.isfinite(reduced.max).all()):
+                raise non_finite(self.backend, key, count)
+            self.accumulators[key].keep_top(images, colour[key][:count], reduced.max)
+
+        run_padded_reduced(self.backend, inputs[:count], self.eps, sink)
+
+
 def measure(
     backend: Backend,
     probes: ProbeSet,
@@ -111,48 +159,38 @@ def measure(
     probe images there are. ``progress(done, total)`` is called before the first batch and after
     each one. ``top_images``: how many top images each channel keeps (0 when no check needs them).
     ``gray_twins`` > 0: the achromatic twins of that many evenly spaced probe images
-    (:func:`profile_indices`) run right after their batch, and each channel's top images are
-    chosen among those images, with their twins' maxima (``ChannelStats.top_gray``).
+    (:func:`profile_indices`) run in the main pass too, and each channel's top images are chosen
+    among those images, with their twins' maxima (``ChannelStats.top_gray``).
     """
     accumulators: dict[str, ChannelAccumulator] = {}
     profiled = profile_indices(probes.count, gray_twins) if gray_twins and top_images else np.arange(0)
+    if backend.fixed_batch is not None:
+        batch_size = backend.fixed_batch
+    twins = _GrayTwins(backend, zero_eps, batch_size, accumulators)
     colour: dict[str, np.ndarray] = {}
 
-    def named_error(key: str, exc: NonFiniteActivations) -> ModelError:
-        layers = ", ".join(layer.id for layer in backend.layers if layer.tensor == key)
-        return ModelError(
-            f"the activation of layer {layers} is NaN or infinite for {exc.images} probe image(s): "
-            "NaN/inf weights or an input the model cannot take (check input.scale, mean, std)"
-        )
-
     def sink(key: str, reduced: PerImageReductions) -> None:
+        accumulator = accumulators.setdefault(key, ChannelAccumulator(zero_eps, top_images))
         try:
-            accumulator = accumulators.setdefault(key, ChannelAccumulator(zero_eps, top_images))
             accumulator.update_reduced(reduced, keep_top=not profiled.size)
         except NonFiniteActivations as exc:
-            raise named_error(key, exc) from None
+            raise non_finite(backend, key, exc.images) from None
         if rows.size:
             colour[key] = reduced.max[rows]
 
-    def gray_sink(key: str, reduced: PerImageReductions) -> None:
-        if not (np.isfinite(reduced.sum).all() and np.isfinite(reduced.max).all()):
-            raise named_error(key, NonFiniteActivations(int(rows.size)))
-        accumulators[key].keep_top(members, colour.pop(key), reduced.max)
-
-    if backend.fixed_batch is not None:
-        batch_size = backend.fixed_batch
     done = 0
     if progress is not None:
         progress(done, probes.count)
     with single_threaded_blas():
-        for batch, model_input in prefetched_batches(probes, batch_size, backend.input_spec):
-            members = profiled[(profiled >= done) & (profiled < done + batch.shape[0])]
+        batches = prefetched_batches(probes, batch_size, backend.input_spec, frozenset(profiled.tolist()))
+        for model_input, twin_input in batches:
+            members = profiled[(profiled >= done) & (profiled < done + model_input.shape[0])]
             rows = members - done
             run_padded_reduced(backend, model_input, zero_eps, sink)
             if rows.size:
-                twins = to_model_input(grayscale(batch[rows]), backend.input_spec)
-                run_padded_reduced(backend, twins, zero_eps, gray_sink)
-            done += batch.shape[0]
+                twins.add(members, twin_input, colour)
+            done += model_input.shape[0]
             if progress is not None:
                 progress(done, probes.count)
+        twins.run()
     return {key: accumulator.result() for key, accumulator in accumulators.items()}

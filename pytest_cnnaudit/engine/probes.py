@@ -175,23 +175,30 @@ PREFETCH_WORKERS = 2
 
 
 def prefetched_batches(
-    probes: ProbeSet, batch_size: int, spec: InputSpec, ahead: int = PREFETCH_BATCHES, workers: int = PREFETCH_WORKERS
+    probes: ProbeSet,
+    batch_size: int,
+    spec: InputSpec,
+    twins: frozenset[int] = frozenset(),
+    ahead: int = PREFETCH_BATCHES,
+    workers: int = PREFETCH_WORKERS,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(images, model input) of each of :meth:`ProbeSet.batches`, every image made and turned into model
-    input (:func:`to_model_input`, for ``spec``) on a thread pool up to ``ahead`` batches before it is used.
+    """The model input of each of :meth:`ProbeSet.batches` (:func:`to_model_input` for ``spec``), and that of
+    the achromatic twins (:func:`grayscale`) of its images listed in ``twins``, in index order (none: 0 rows).
 
-    Every image is a pure function of its index and the input an elementwise function of its image,
-    so the threads' order changes nothing: the same bits as :meth:`ProbeSet.batches` and one
-    :func:`to_model_input` of each batch. At most ``ahead + 1`` batches exist at a time; a failing
-    image (an unreadable file) raises when its batch is taken.
+    Each image is made and turned into model input on a thread pool up to ``ahead`` batches before it
+    is used. Every image is a pure function of its index and its input an elementwise function of
+    the image, so the threads' order changes nothing: the same bits as one :func:`to_model_input` of
+    each batch. At most ``ahead + 2`` batches exist at a time, as model input only (no image is kept);
+    a failing image (an unreadable file) raises when its batch is taken.
     """
     starts = iter(range(0, probes.count, batch_size))
-    pending: deque[list[Future[tuple[np.ndarray, np.ndarray]]]] = deque()
+    pending: deque[list[Future[tuple[np.ndarray, np.ndarray | None]]]] = deque()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="cnnaudit-probes")
 
-    def prepared(index: int) -> tuple[np.ndarray, np.ndarray]:
-        image = probes.image(index)
-        return image, to_model_input(image[None], spec)[0]
+    def prepared(index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        image = probes.image(index)[None]
+        twin = to_model_input(grayscale(image), spec)[0] if index in twins else None
+        return to_model_input(image, spec)[0], twin
 
     def submit_next() -> None:
         start = next(starts, None)
@@ -205,8 +212,10 @@ def prefetched_batches(
         while pending:
             futures = pending.popleft()
             submit_next()
-            images, inputs = zip(*(future.result() for future in futures))
-            yield np.stack(images), np.stack(inputs)
+            inputs, gray = zip(*(future.result() for future in futures))
+            twin_inputs = [twin for twin in gray if twin is not None]
+            empty = np.empty((0, *inputs[0].shape), np.float32)
+            yield np.stack(inputs), np.stack(twin_inputs) if twin_inputs else empty
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

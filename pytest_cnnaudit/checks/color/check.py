@@ -2,8 +2,8 @@
 and the colour profile of every layer (the report's ``color_profile``).
 
 Costs, in the main pass, the achromatic twins of ``checks.color.profile_images`` (32) evenly
-spaced probe images, run right after their colour batch, and after it the 10 pattern images
-one at a time. Each channel's top images are chosen among the profiled images, so with more
+spaced probe images, run in batches as their colour batches pass, and after it the 10 pattern
+images with whole activations, a few at a time. Each channel's top images are chosen among the profiled images, so with more
 probe images than that the CSI is a profile of that subset (the cost stays bounded).
 """
 
@@ -95,7 +95,7 @@ class ColorChecker:
     def _profile(
         context: AuditContext, csi: dict[str, np.ndarray], first: np.ndarray | str, gray_images: int
     ) -> ColorProfile:
-        patterns, names = pattern_pass(context.backend)
+        patterns, names = pattern_pass(context.backend, context.batch_size)
         layers = []
         for info in context.plan.layers:
             threshold = context.plan.checks_for(info.id).color.first_layer.csi_threshold
