@@ -289,6 +289,7 @@ CHECK_SAMPLES = {
         },
         "layers": [{"match": "conv*", "min_selective_fraction": 0.1, "max_selective_fraction": 0.8}],
         "allow_unmeasured": True,
+        "profile_images": 16,
     },
 }
 

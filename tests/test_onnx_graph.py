@@ -321,7 +321,6 @@ def test_fixed_batch_padding_does_not_change_statistics(fixed_batch: int, tmp_pa
         assert left.count == right.count == 10 * 16 * 16
         np.testing.assert_array_equal(left.inactive, right.inactive)
         np.testing.assert_allclose(left.mean, right.mean, rtol=1e-5)
-        np.testing.assert_allclose(left.var, right.var, rtol=1e-4)
         np.testing.assert_array_equal(left.top_images, right.top_images)  # padding rows never count
         assert left.top_images.max() < 10
     assert result["c"].dead_channels == (2,)

@@ -20,12 +20,13 @@ MODEL_SUFFIXES = ONNX_SUFFIXES + TORCH_SUFFIXES
 TORCH_MODEL_MISSING = "a PyTorch model needs torch, which is not installed: pip install 'pytest-cnnaudit[torch]'"
 
 
-def open_backend(model: Path | Any, spec: ModelSpec, config_dir: Path, batch_size: int) -> Backend:
-    """A ready backend for a model file (by extension) or an in-memory ``torch.nn.Module``."""
+def open_backend(model: Path | Any, spec: ModelSpec, config_dir: Path, batch_size: int, device: str = "cpu") -> Backend:
+    """A ready backend for a model file (by extension) or an in-memory ``torch.nn.Module``; ``device``: a
+    ``runtime.device`` value, taken when the model first runs."""
     if not isinstance(model, Path):
         from .torch import TorchBackend
 
-        return TorchBackend(model, "module", spec.input, type(model).__name__, batch_size)
+        return TorchBackend(model, "module", spec.input, type(model).__name__, batch_size, device=device)
     if not model.exists():
         raise ModelError(f"{model}: no such model file")
     if model.is_dir():
@@ -33,7 +34,7 @@ def open_backend(model: Path | Any, spec: ModelSpec, config_dir: Path, batch_siz
     if model.suffix.lower() in ONNX_SUFFIXES:
         from .onnx import OnnxBackend
 
-        return OnnxBackend(model, spec.input)
+        return OnnxBackend(model, spec.input, device=device)
     if model.suffix.lower() in TORCH_SUFFIXES:
         try:
             from .torch import TorchBackend, load_torch_module
@@ -42,7 +43,7 @@ def open_backend(model: Path | Any, spec: ModelSpec, config_dir: Path, batch_siz
                 raise
             raise ModelError(f"{model}: {TORCH_MODEL_MISSING}") from None
         loaded = load_torch_module(model, spec, config_dir)
-        return TorchBackend(loaded.model, loaded.format, spec.input, str(model), batch_size, loaded.notes)
+        return TorchBackend(loaded.model, loaded.format, spec.input, str(model), batch_size, loaded.notes, device)
     raise ModelError(f"{model}: unknown model format {model.suffix!r} (expected one of {', '.join(MODEL_SUFFIXES)})")
 
 

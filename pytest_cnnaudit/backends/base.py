@@ -1,9 +1,10 @@
 """The one narrow interface every backend (ONNX, torch) implements.
 
 A backend knows how to open a model, which conv layers it has and which
-activation tensor follows each, and how to run one batch while handing each
-measured activation to a sink as soon as it exists. Everything else (probe
-images, statistics, checks) is backend-agnostic.
+activation tensor follows each, and how to run one batch in two ways: handing each
+measured activation whole to a sink (pictures, one image at a time), or handing
+its (N, C) reductions (:mod:`.reductions`), computed where the runtime keeps it (the
+main pass). Everything else (probe images, statistics, checks) is backend-agnostic.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from ..config import families
 from ..config.inputs import InputSpec
+from .reductions import ReducedSink
 
 #: Rectifiers: a unit is inactive where the output is <= ``probe.zero_eps`` (0 by default) and a channel
 #: dead when its output never exceeds it (for ReLU: the exact-zero count). Saturating activations have
@@ -86,6 +88,9 @@ class Backend(Protocol):
 
     def run(self, batch: np.ndarray, sink: ActivationSink) -> None:
         """Run one batch of model input (``fixed_batch`` rows if set); call ``sink`` per measured tensor."""
+
+    def run_reduced(self, batch: np.ndarray, eps: float, sink: ReducedSink) -> None:
+        """Run one batch; call ``sink`` with each measured tensor's (N, C) reductions (active: ``> eps``)."""
 
     def first_conv(self) -> FirstConv | None:
         """The first conv layer's weights, or None when they are not constants."""

@@ -256,6 +256,15 @@ class ColorCheck:
             "with first_layer.expect set: skip, instead of failing, when the first conv's weights cannot be read"
         ),
     )
+    profile_images: int = field(
+        default=32,
+        metadata=_doc(
+            "probe images (evenly spaced) whose achromatic twins the main pass also runs for the CSI profile; "
+            "each channel's top images are chosen among them (all probe images when there are at most this many)",
+            1,
+            100000,
+        ),
+    )
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ located by the loader. The input spec and the probe set live in :mod:`.inputs`, 
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,20 @@ class RuntimeConfig:
             None,
         ),
     )
+    device: str = field(
+        default="auto",
+        metadata=_doc(
+            "where models run: auto (CUDA when available), cpu, cuda or cuda:N; ONNX models on CUDA need the "
+            "onnxruntime-gpu package in place of onnxruntime"
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        _check(
+            re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+            "device",
+            f"{self.device!r} is not a device: auto, cpu, cuda or cuda:N (N: the GPU's index, e.g. cuda:0)",
+        )
 
 
 @dataclass(frozen=True)

@@ -155,12 +155,15 @@ class MainPass:
         return ProbeInfo(probes.description, probes.count, probes.seed, self.batch_size, zero_eps)
 
 
-def measure_model(opened: OpenedModel, top_images: int = TOP_IMAGES, progress: Progress | None = None) -> MainPass:
-    """Run the probe set through the open model once; raises :class:`CnnAuditError` when it cannot be measured."""
+def measure_model(
+    opened: OpenedModel, top_images: int = TOP_IMAGES, progress: Progress | None = None, gray_twins: int = 0
+) -> MainPass:
+    """Run the probe set through the open model once (with the achromatic twins of ``gray_twins`` of the
+    images, see :func:`measure`); raises :class:`CnnAuditError` when it cannot be measured."""
     config, backend = opened.config, opened.backend
     probes = probe_set_for(config, backend.input_spec)
     batch_size = fit_batch_size(backend, probes, config.probe.batch_size, config.runtime.memory_budget_mb)
-    by_tensor = measure(backend, probes, batch_size, config.probe.zero_eps, progress, top_images)
+    by_tensor = measure(backend, probes, batch_size, config.probe.zero_eps, progress, top_images, gray_twins)
     stats = {info.id: by_tensor[info.tensor] for info in backend.layers if info.tensor in by_tensor}
     return MainPass(probes, batch_size, stats)
 
@@ -178,9 +181,14 @@ def run_audit(
     """
     plan = opened.plan(baseline)
     top = TOP_IMAGES if any(Need.TOP_IMAGES in check.needs(plan) for check in CHECKS) else 0
+    # The colour profile's achromatic twins; a one-channel model sees no colour, and no twin could differ;
+    # a signal or a clip has no colour check.
+    spec = plan.layout.input
+    colour = top and spec.channels != "GRAY" and spec.shape is None
+    twins = plan.checks_for().color.profile_images if colour else 0
     try:
         try:
-            main = measure_model(opened, top, progress)
+            main = measure_model(opened, top, progress, twins)
         except CnnAuditError as exc:
             return failed_plan_document(plan, named(plan.name, str(exc), opened.model)), None
         except Exception as exc:  # a bug, or the model's own code raising: this model only
@@ -191,7 +199,9 @@ def run_audit(
     finally:
         opened.backend.close()
     document = _document(plan, main.probe_info(opened.config.probe.zero_eps), main.stats)
-    return dataclasses.replace(document, verdicts=_in_plan_order(plan, verdicts), **sections), picture_data
+    # Notes measuring added (a CUDA device asked for and not found) after the planning ones.
+    notes = (*document.notes, *(note for note in opened.backend.notes if note not in document.notes))
+    return dataclasses.replace(document, verdicts=_in_plan_order(plan, verdicts), notes=notes, **sections), picture_data
 
 
 def audit_document(

@@ -27,7 +27,9 @@ class Need(enum.Flag):
     """What a check needs the engine to keep beyond the main pass's per-channel statistics."""
 
     NONE = 0
-    TOP_IMAGES = enum.auto()  # each channel's top probe images and their maxima (the colour CSI)
+    # each channel's top probe images, their maxima and their achromatic twins' maxima (the colour CSI): the main
+    # pass then also runs the twins of checks.color.profile_images of the probe images
+    TOP_IMAGES = enum.auto()
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ def open_model(
     """
     name = name or model_name(model)
     spec = spec or model_spec(model, config, name)
-    backend = open_backend(model, spec, config.base_dir, config.probe.batch_size)
+    backend = open_backend(model, spec, config.base_dir, config.probe.batch_size, config.runtime.device)
     return OpenedModel(name, model, spec, config, backend)
 
 

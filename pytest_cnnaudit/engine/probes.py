@@ -15,13 +15,18 @@ input's aspect ratio, as typical preprocessing does. Seeded crops (``probe.augme
 remain the default for the four shipped photographs and when ``count`` exceeds the images.
 
 Images leave this module as float32 RGB in [0, 1], shape (N, H, W, 3);
-:func:`to_model_input` turns them into what a model expects.
+:func:`to_model_input` turns them into what a model expects. The main pass takes them from
+:func:`prefetched_batches`: decoded and resized on a thread pool while the model runs the
+batches before them (a folder of tens of thousands of photographs is only as fast as its
+slowest stage), the same pixels in the same order as :meth:`ProbeSet.batches`.
 """
 
 from __future__ import annotations
 
 import colorsys
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -161,6 +166,58 @@ class ProbeSet:
         for start in range(0, self.count, batch_size):
             stop = min(start + batch_size, self.count)
             yield np.stack([self.image(i) for i in range(start, stop)])
+
+
+#: Batches decoded ahead of the one the model runs: what overlaps inference, and all that waits in memory.
+PREFETCH_BATCHES = 2
+#: Decoding threads: Pillow releases the GIL while it decodes and resamples, numpy in most of the rest.
+PREFETCH_WORKERS = 2
+
+
+def prefetched_batches(
+    probes: ProbeSet,
+    batch_size: int,
+    spec: InputSpec,
+    twins: frozenset[int] = frozenset(),
+    ahead: int = PREFETCH_BATCHES,
+    workers: int = PREFETCH_WORKERS,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The model input of each of :meth:`ProbeSet.batches` (:func:`to_model_input` for ``spec``), and that of
+    the achromatic twins (:func:`grayscale`) of its images listed in ``twins``, in index order (none: 0 rows).
+
+    Each image is made and turned into model input on a thread pool up to ``ahead`` batches before it
+    is used. Every image is a pure function of its index and its input an elementwise function of
+    the image, so the threads' order changes nothing: the same bits as one :func:`to_model_input` of
+    each batch. At most ``ahead + 2`` batches exist at a time, as model input only (no image is kept);
+    a failing image (an unreadable file) raises when its batch is taken.
+    """
+    starts = iter(range(0, probes.count, batch_size))
+    pending: deque[list[Future[tuple[np.ndarray, np.ndarray | None]]]] = deque()
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="cnnaudit-probes")
+
+    def prepared(index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        image = probes.image(index)[None]
+        twin = to_model_input(grayscale(image), spec)[0] if index in twins else None
+        return to_model_input(image, spec)[0], twin
+
+    def submit_next() -> None:
+        start = next(starts, None)
+        if start is not None:
+            stop = min(start + batch_size, probes.count)
+            pending.append([pool.submit(prepared, index) for index in range(start, stop)])
+
+    try:
+        for _ in range(ahead + 1):
+            submit_next()
+        while pending:
+            futures = pending.popleft()
+            submit_next()
+            inputs, gray = zip(*(future.result() for future in futures))
+            twin_inputs = [twin for twin in gray if twin is not None]
+            empty = np.empty((0, *inputs[0].shape), np.float32)
+            yield np.stack(inputs), np.stack(twin_inputs) if twin_inputs else empty
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def npy_pixels(array: np.ndarray, number: int) -> np.ndarray:

@@ -10,7 +10,7 @@ runtime computes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx
@@ -56,7 +56,7 @@ class ConstantFolder:
     def __init__(
         self,
         producer: Callable[[str], onnx.NodeProto | None],
-        stored: dict[str, np.ndarray],
+        stored: Mapping[str, np.ndarray],
         opsets: dict[str, int],
     ) -> None:
         self._producer = producer

@@ -193,12 +193,15 @@ def _control_flow_convs(graph: OnnxGraph, node: onnx.NodeProto, ids: _LayerIds) 
     return layers
 
 
-def conv_layers(graph: OnnxGraph) -> tuple[tuple[LayerInfo, ...], dict[str, int]]:
+def conv_layers(
+    graph: OnnxGraph, shapes: dict[str, list[int | None]] | None = None
+) -> tuple[tuple[LayerInfo, ...], dict[str, int]]:
     """Every conv layer with its activation, and each measured tensor's channel axis.
 
     Convs inside control-flow bodies come last, listed with the reason they are not measured.
+    ``shapes``: from :func:`tensor_shapes`, when the caller ran shape inference already.
     """
-    shapes = tensor_shapes(graph.model)
+    shapes = tensor_shapes(graph.model) if shapes is None else shapes
     ids = _LayerIds()
     layers: list[LayerInfo] = []
     unmeasured: list[LayerInfo] = []

@@ -1,9 +1,10 @@
 """The colour check: ``color[<first conv>]`` from its weights, ``color[<layer>]`` bounds on the CSI profile,
 and the colour profile of every layer (the report's ``color_profile``).
 
-Costs one extra pass of the achromatic twins of the probe images that are top images of
-some channel (with many channels, all of them) and one small batch of pattern probes; the
-colour side reuses the main pass's per-image maxima of each channel's top images.
+Costs, in the main pass, the achromatic twins of ``checks.color.profile_images`` (32) evenly
+spaced probe images, run in batches as their colour batches pass, and after it the 10 pattern
+images with whole activations, a few at a time. Each channel's top images are chosen among the profiled images, so with more
+probe images than that the CSI is a profile of that subset (the cost stays bounded).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .measures import (
     opponent_energy,
     pattern_figures,
 )
-from .passes import first_conv_id, gray_pass, pattern_pass
+from .passes import first_conv_id, pattern_pass
 from .verdicts import CHECK, check_first_layer, check_layer_bound, combine
 
 NOT_AN_IMAGE_REASON = "the model's input is a signal or a clip, not an RGB image: colour sensitivity does not apply"
@@ -75,22 +76,12 @@ class ColorChecker:
 
     @staticmethod
     def _csi(context: AuditContext) -> tuple[dict[str, np.ndarray], int]:
-        """Every measured layer's (C,) CSI, and how many achromatic twins the one extra pass ran."""
-        measured = {layer_id: stats for layer_id, stats in context.stats.items() if stats.top_images is not None}
-        if not measured:
-            return {}, 0
-        needed = np.unique(np.concatenate([stats.top_images.ravel() for stats in measured.values()]))
-        gray_max = gray_pass(context.backend, context.probes, needed, context.batch_size)
-        row = np.full(context.probes.count, -1)
-        row[needed] = np.arange(needed.size)
-        tensors = {info.id: info.tensor for info in context.plan.layers}
-        csi = {}
-        for layer_id, stats in measured.items():
-            top = stats.top_images  # (k, C)
-            channels = np.arange(top.shape[1])[None, :]
-            gray = gray_max[tensors[layer_id]][row[top], channels]
-            csi[layer_id] = colour_selectivity(stats.top_max, gray)
-        return csi, int(needed.size)
+        """Every measured layer's (C,) CSI from the main pass's top images and their twins, and how many
+        achromatic twins it ran."""
+        measured = {layer_id: stats for layer_id, stats in context.stats.items() if stats.top_gray is not None}
+        csi = {layer_id: colour_selectivity(stats.top_max, stats.top_gray) for layer_id, stats in measured.items()}
+        twins = min(context.probes.count, context.plan.checks_for().color.profile_images) if measured else 0
+        return csi, twins
 
     @staticmethod
     def _first_layer(backend: Backend, planned_id: str | None) -> np.ndarray | str:
@@ -141,7 +132,7 @@ class ColorChecker:
         return ColorProfile(
             axes={axis: tuple(row) for axis, row in zip(OPPONENT_AXES, OPPONENT_BASIS.tolist())},
             gray="Rec. 601 luma on all three channels",
-            top_images=min(TOP_IMAGES, context.probes.count),
+            top_images=min(TOP_IMAGES, gray_images),
             gray_images=gray_images,
             layers=tuple(layers),
             first_layer=first_layer,

@@ -14,11 +14,13 @@ Two measures, each deciding one thing:
   three axes); the first layers of trained ImageNet CNNs have 20-40% of their filters
   above one half.
 - **Colour selectivity index** (every measured layer, from activations; Rafegas &
-  Vanrell). For each channel, its top :data:`stats.TOP_IMAGES` probe images by per-image
-  maximum activation (kept by the main pass, not rerun) are run again as their
-  achromatic twins (each pixel replaced by its Rec. 601 luma, :func:`probes.grayscale`),
-  and ``CSI = 1 - sum(gray maxima) / sum(colour maxima)``, clipped to [0, 1]. A channel
-  whose colour sum is not positive has no defined CSI and is left out of the profile.
+  Vanrell). The main pass also runs the achromatic twins (each pixel replaced by its
+  Rec. 601 luma, :func:`probes.grayscale`) of ``checks.color.profile_images`` evenly spaced
+  probe images (all of them when there are no more); for each channel, its top
+  :data:`stats.TOP_IMAGES` of those images by per-image maximum activation are kept with
+  their twins' maxima, and ``CSI = 1 - sum(gray maxima) / sum(colour maxima)``, clipped to
+  [0, 1]. A channel whose colour sum is not positive has no defined CSI and is left out of
+  the profile.
 
 "Colour-selective" means, for both, that colour carries more than ``csi_threshold``
 (default one half) of it: of a first-layer filter's weight energy, or of a channel's
@@ -129,11 +131,6 @@ def csi_summary(csi: np.ndarray, threshold: float) -> CsiSummary:
         selective_count=selective,
         selective_fraction=selective / defined.size if defined.size else None,
     )
-
-
-def per_image_max(values: np.ndarray) -> np.ndarray:
-    """(n, C) spatial maxima of an (n, C, *spatial) activation batch."""
-    return values.reshape(values.shape[0], values.shape[1], -1).max(axis=2).astype(np.float32)
 
 
 def per_image_modulation(values: np.ndarray) -> np.ndarray:

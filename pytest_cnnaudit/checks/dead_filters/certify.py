@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...backends.base import ModelGraph
+from ...backends.reductions import single_threaded_blas
 from ...config.model import InputSpec
-from ...engine.stats import single_threaded_blas
 
 #: Activations whose output is <= 0 wherever their input is <= 0.
 ZERO_AT_NON_POSITIVE = frozenset({"relu", "relu6", "clip", "hardswish", "silu", "gelu", "mish"})
