@@ -73,6 +73,17 @@ def test_evidence_provable_counts_only_the_provably_dead(green: Path) -> None:
     assert "1 provably dead > max_count 0 (allowed 0)" in verdict.message
 
 
+def test_a_layer_within_its_allowance_is_proved_but_not_searched(green: Path) -> None:
+    """The search never changes what counts: it runs where a layer fails, not on a passing one."""
+    model, verdict = conv1(green, "{max_count: 2}")
+    assert verdict.outcome == "passed" and verdict.figures.evidence == ("probe", "provable")
+    assert model.dead_evidence.searched == 0 and verdict.figures.witnesses == ()
+    assert model.dead_evidence.notes == (
+        "1 probe-dead channel(s) in layers within their allowance not searched "
+        "(the witness search runs where a layer has more dead channels than it allows)",
+    )
+
+
 def test_without_proof_and_search_every_dead_channel_is_probe(green: Path) -> None:
     model, verdict = conv1(green, "{max_count: 0, evidence: provable, certify: false, witness_steps: 0}")
     assert verdict.figures.evidence == ("probe", "probe") and verdict.figures.upper_bound_reached is None
@@ -117,7 +128,7 @@ def test_cost_figures_agree_between_the_verdict_and_the_model_section(green: Pat
 
 
 def test_the_document_round_trips_through_json(green: Path) -> None:
-    green_config(green.parent, "{}")
+    green_config(green.parent, "{max_count: 1}")
     config = parse_config((green.parent / "cnnaudit.yaml").read_text(), str(green.parent / "cnnaudit.yaml"))
     document, _ = audit_document(green, config)
     assert document.dead_evidence is not None and document.dead_cost is not None
@@ -130,7 +141,7 @@ def test_the_document_round_trips_through_json(green: Path) -> None:
 
 
 def test_terminal_summary_shows_evidence_and_cost_per_layer_and_model(green: Path) -> None:
-    model, _ = conv1(green, "{}")
+    model, _ = conv1(green, "{max_count: 1}")
     lines = [line for line, _ in summary_lines([model])]
     start = next(i for i, line in enumerate(lines) if line.lstrip().startswith("dead "))
     header, layer, total, reach = lines[start : start + 4]
@@ -151,7 +162,7 @@ class Images(HTMLParser):
 
 
 def test_html_shows_the_evidence_the_witness_and_the_cost(green: Path) -> None:
-    green_config(green.parent, "{}")
+    green_config(green.parent, "{max_count: 1}")
     config = parse_config((green.parent / "cnnaudit.yaml").read_text(), str(green.parent / "cnnaudit.yaml"))
     document, pictures = audit_document(green, config, pictures=True)
     (witness,) = pictures.witnesses
@@ -167,7 +178,7 @@ def test_html_shows_the_evidence_the_witness_and_the_cost(green: Path) -> None:
 
 def test_init_writes_the_evidence_it_used(pytester: pytest.Pytester) -> None:
     export(GreenNet(), pytester.path / "green.onnx", 64)
-    green_config(pytester.path, "{evidence: provable}")
+    green_config(pytester.path, "{evidence: provable, max_count: 1}")
     result = pytester.runpytest("--cnnaudit-init", "start.yaml", "--cnnaudit-config", "cnnaudit.yaml", "-p", "no:xdist")
     result.assert_outcomes(passed=5)
     text = (pytester.path / "start.yaml").read_text()
@@ -186,7 +197,7 @@ def test_witness_channels_bounds_the_search_and_the_rest_stay_probe(tmp_path: Pa
     closest to firing on the probe set gets its witness and the other stays probe, with a note."""
     examples = Path(__file__).resolve().parent.parent / "example_models"
     (tmp_path / "cnnaudit.yaml").write_text(
-        "runtime: {isolate: false}\nchecks: {dead_filters: {witness_channels: 1}}\n"
+        "runtime: {isolate: false}\nchecks: {dead_filters: {max_count: 0, witness_channels: 1}}\n"
     )
     model = pytest_cnnaudit.audit(examples / "high_lr.onnx", tmp_path / "cnnaudit.yaml").models[0]
     figures = model.verdict("dead_filters", "conv3").figures

@@ -70,7 +70,8 @@ class DeadFiltersCheck:
     channel counts (``evidence: probe``), whatever its evidence.
 
     Evidence: the bound proof (``certify``) costs at most about one bare forward batch. The witness
-    search only tells ``revivable`` from ``probe`` (it never changes what counts): up to
+    search only tells ``revivable`` from ``probe`` (it never changes what counts), so it runs only on
+    layers with more dead channels than they allow: up to
     ``witness_steps`` forward-backward passes of ``witness_channels`` images, after one pass of up to
     16 probe images that picks each channel's start. Measured: the example model high_lr's two dead
     channels revive after 22 and 24 steps, a saturated-green filter after 15; in two trained PaddleOCR
@@ -120,7 +121,12 @@ class DeadFiltersCheck:
     )
     witness_channels: int = field(
         default=8,
-        metadata=_doc("most probe-dead channels searched per model (each layer's closest to firing first)", 0, 100000),
+        metadata=_doc(
+            "most probe-dead channels searched per model, in layers over their allowance (each layer's closest "
+            "to firing first)",
+            0,
+            100000,
+        ),
     )
 
 

@@ -144,6 +144,20 @@ def judged_dead_channels(context: AuditContext) -> dict[str, tuple[int, ...]]:
     return dead
 
 
+def over_limit(model: ModelPlan, dead: dict[str, tuple[int, ...]]) -> set[str]:
+    """The layers with more dead channels than they allow, whatever their evidence: the layers whose
+    verdict fails when every dead channel counts."""
+    by_id = {layer.id: layer for layer in model.layers}
+    return {
+        layer_id
+        for layer_id, channels in dead.items()
+        if len(channels)
+        > dead_allowance(model.checks_for(layer_id).dead_filters, by_id[layer_id].activation, by_id[layer_id].channels)[
+            0
+        ]
+    }
+
+
 class DeadFiltersChecker:
     """``dead_filters[<layer>]`` for every layer, and ``dead_filters`` when no layer could be measured.
 
@@ -161,7 +175,7 @@ class DeadFiltersChecker:
 
     def judge(self, context: AuditContext) -> CheckResult:
         dead = judged_dead_channels(context)
-        findings = gather_findings(context, dead) if dead else Findings(None, None)
+        findings = gather_findings(context, dead, over_limit(context.plan, dead)) if dead else Findings(None, None)
 
         def judge(layer: LayerInfo, stats: ChannelStats, model: ModelPlan) -> Verdict:
             return judge_dead_filters(layer, stats, model, findings)

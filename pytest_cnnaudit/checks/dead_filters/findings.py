@@ -9,6 +9,7 @@ cost), and the model's ``dead_evidence`` section says why in a note.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -54,15 +55,16 @@ class Findings:
         return {"dead_evidence": section, "dead_cost": self.cost}
 
 
-def gather_findings(context: AuditContext, dead: dict[str, tuple[int, ...]]) -> Findings:
-    """Evidence and cost for the ``dead`` channels of the judged layers (layer id -> channels)."""
+def gather_findings(context: AuditContext, dead: dict[str, tuple[int, ...]], over_limit: Collection[str]) -> Findings:
+    """Evidence and cost for the ``dead`` channels of the judged layers (layer id -> channels), the
+    witness search in the ``over_limit`` layers only."""
     try:
         graph = context.backend.model_graph()
     except Exception as exc:
         return Findings(None, None, (f"the model's graph could not be read for evidence and cost: {one_line(exc)}",))
     notes = []
     try:
-        evidence = gather_evidence(context, graph, dead)
+        evidence = gather_evidence(context, graph, dead, over_limit)
     except Exception as exc:  # a bug in the proof or the search: the probe's verdicts still stand
         evidence = None
         notes.append(f"evidence not gathered: {one_line(exc)} (a bug in cnnaudit: please report it)")
