@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 
@@ -218,6 +219,8 @@ def _torch_files(tmp: Path) -> None:
     torch.save(module, tmp / "module.pt")
     torch.save({"weights": module.state_dict(), "hook": CallsOsSystem()}, tmp / "evil.pt")
     torch.save({"hook": CallsOsSystem()}, tmp / "evil_legacy.pt", _use_new_zipfile_serialization=False)
+    (tmp / "pickled.pt").write_bytes(pickle.dumps(module.state_dict(), protocol=4))
+    torch.save(module.state_dict(), tmp / "legacy.pt", _use_new_zipfile_serialization=False)
 
 
 class CallsOsSystem:
@@ -249,6 +252,13 @@ TORCH_CASES = {
         "",
         "calls posix.system, which no model file needs: refused, even with trust_pickle: true",
     ),
+    "state_dict written by pickle.dump": (
+        "pickled.pt",
+        "factory: arch:net",
+        "a plain Python pickle (pickle.dump), not a torch.save file: cnnaudit does not unpickle it (it can run "
+        "code); save the weights with torch.save(model.state_dict(), path)",
+    ),
+    "legacy-format state_dict without factory": ("legacy.pt", "", "name the architecture with models[].factory"),
     "state_dict without factory": ("weights.pt", "", "name the architecture with models[].factory"),
     "state_dict, wrong factory": ("weights.pt", "factory: arch:other", "does not fit factory arch:other"),
     "state_dict, wrong factory_kwargs": (

@@ -15,6 +15,7 @@ import argparse
 import datetime
 import pathlib
 import re
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,11 @@ def load_checkpoint(path: Path, trust_pickle: bool, search_path: Sequence[Path])
         # Only an unsupported global means a pickle of Python objects; corrupt bytes also fail the
         # weights-only unpickler, with a message that mentions weights_only too.
         if "unsupported global" not in str(exc).lower():
+            if _plain_pickle(path):
+                raise ModelError(
+                    f"{path}: a plain Python pickle (pickle.dump), not a torch.save file: cnnaudit does not "
+                    "unpickle it (it can run code); save the weights with torch.save(model.state_dict(), path)"
+                ) from None
             raise ModelError(f"{path}: not a readable torch file ({load_failure(exc)})") from None
         names = _unsafe_globals(path, exc)
     attack = [name for name in names if name.startswith(NEVER_IN_A_MODEL)]
@@ -97,6 +103,17 @@ def load_checkpoint(path: Path, trust_pickle: bool, search_path: Sequence[Path])
             return torch.load(path, map_location="cpu", weights_only=False)  # the user opted in
     except Exception as exc:
         raise ModelError(f"{path}: cannot unpickle the file ({load_failure(exc)})") from None
+
+
+def _plain_pickle(path: Path) -> bool:
+    """Whether the file is a pickle of its own: neither torch.save's zip archive nor its legacy format,
+    whose first pickle is a magic number (protocol 2, then LONG1)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(3)
+        return not zipfile.is_zipfile(path) and head[:1] == b"\x80" and head[2:3] != b"\x8a"
+    except OSError:
+        return False
 
 
 def _unsafe_globals(path: Path, exc: Exception) -> list[str]:
