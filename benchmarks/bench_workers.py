@@ -122,7 +122,7 @@ def work_bare(model: str, images: int, batch: int, cache: Path, folder: str | No
     session = ort.InferenceSession(str(onnx_path(model, cache)), options, providers=providers)
     opened = time.perf_counter() - clock.wall
     spec = resolve_input_spec(InputSpec(size=SIZE), (None, 3, *SIZE), "bench")
-    for model_input, _ in prefetched_batches(probe_set_for(config, SIZE), batch, spec):
+    for model_input, _ in prefetched_batches(probe_set_for(config, spec), batch, spec):
         session.run(None, {"input": model_input})
     return clock.read(open_seconds=opened, provider=session.get_providers()[0])
 
@@ -130,6 +130,9 @@ def work_bare(model: str, images: int, batch: int, cache: Path, folder: str | No
 def work_audit(
     model: str, images: int, batch: int, cache: Path, folder: str | None, colour: bool, device: str = "cpu"
 ) -> dict:
+    import onnx  # noqa: F401 - imported before the clock starts, as bare inference imports onnxruntime
+    import onnxruntime  # noqa: F401
+
     from pytest_cnnaudit.engine.audit import audit_model
 
     config = audit_config(images, batch, folder, colour, device)
@@ -155,7 +158,7 @@ def work_torch(model: str, images: int, batch: int, audit: bool) -> dict:
         return clock.read()
     spec = resolve_input_spec(InputSpec(size=SIZE), None, "bench")
     with torch.no_grad():
-        for model_input, _ in prefetched_batches(probe_set_for(config, SIZE), batch, spec):
+        for model_input, _ in prefetched_batches(probe_set_for(config, spec), batch, spec):
             module(torch.from_numpy(model_input))
     return clock.read()
 
@@ -170,7 +173,7 @@ def work_load(model: str, cache: Path) -> dict:
     clock = Stopwatch()
     opened = open_model(onnx_path(model, cache), config)
     open_seconds = time.perf_counter() - clock.wall
-    fit_batch_size(opened.backend, probe_set_for(config, SIZE), 1, 4096)
+    fit_batch_size(opened.backend, probe_set_for(config, opened.backend.input_spec), 1, 4096)
     return clock.read(open_seconds=open_seconds)
 
 

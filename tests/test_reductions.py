@@ -18,14 +18,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from pytest_cnnaudit.backends.onnx.reductions import (
-    POOLED_COUNT_LIMIT,
-    ReducedOutputs,
-    TensorType,
-    add_reductions,
-    indicator_gain,
-    tensor_types,
-)
+from pytest_cnnaudit.backends.onnx.reductions import POOLED_COUNT_LIMIT, ReducedOutputs, add_reductions, indicator_gain
+from pytest_cnnaudit.backends.onnx.shapes import TensorType, tensor_types
 from pytest_cnnaudit.backends.reductions import PerImageReductions, numpy_reductions
 
 TINY = np.float32(1.4e-45)  # the smallest subnormal float32
@@ -241,3 +235,33 @@ def test_each_layers_reductions_run_right_after_it(output: str, tmp_path: Path) 
         convs = [i for i, kind in enumerate(kinds) if kind == "Conv"]
         for before, after in itertools.pairwise(convs):
             assert after - before > 2, (form, " ".join(kinds))  # reductions of ours between each pair of convs
+
+
+def test_shape_inference_without_the_weights_types_every_tensor_as_with_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The light copy keeps what shape inference reads (dims, small constants) and shares nothing."""
+    from modelbuilders import mixed_network
+
+    from pytest_cnnaudit.backends.onnx import shapes
+    from pytest_cnnaudit.backends.onnx.shapes import without_weights
+
+    monkeypatch.setattr(shapes, "SHAPE_VALUES", 8)  # this small model's weights go as dims only
+    model = mixed_network()
+    assert any(np.prod(t.dims) > 8 for t in model.graph.initializer)
+    assert all(
+        not t.raw_data and not t.float_data for t in without_weights(model).graph.initializer if np.prod(t.dims) > 8
+    )
+    full = onnx.shape_inference.infer_shapes(model)
+    expected = {
+        info.name: TensorType(
+            info.type.tensor_type.elem_type,
+            tuple(
+                d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                for d in info.type.tensor_type.shape.dim
+            ),
+        )
+        for info in [*full.graph.value_info, *full.graph.output, *full.graph.input]
+    }
+    assert tensor_types(model) == expected
+    light = without_weights(model)
+    light.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 7
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_value != 7

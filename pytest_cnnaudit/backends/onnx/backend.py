@@ -36,7 +36,8 @@ from .first_conv import external_weight
 from .graph import batch_norm_scale, conv_layers, first_conv_node
 from .index import OnnxGraph, measuring_nodes
 from .quantised import DEQUANTIZED_SUFFIX
-from .reductions import ReducedOutputs, TensorType, add_reductions, tensor_types
+from .reductions import ReducedOutputs, add_reductions
+from .shapes import TensorType, tensor_types
 from .tensors import layer_tensors
 
 #: Input element types a probe batch is cast to.

@@ -30,6 +30,7 @@ from .activations import decomposed_activation, direct_activation, negative_slop
 from .index import OnnxGraph
 from .nodes import attribute, has_subgraph, subgraphs
 from .quantised import QUANTISED_CONV_WEIGHT
+from .shapes import without_weights
 
 CONV_OPS = ("Conv", "ConvTranspose")
 #: Ops that keep one value per channel in place (the channel axis moves only through Transpose).
@@ -123,7 +124,7 @@ def _conv_channels(graph: OnnxGraph, node: onnx.NodeProto, shapes: dict[str, lis
 def tensor_shapes(model: onnx.ModelProto) -> dict[str, list[int | None]]:
     """Shapes from ONNX shape inference (unknown dims as None); empty when inference fails."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(without_weights(model))
     except Exception:
         return {}
     shapes: dict[str, list[int | None]] = {}

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 
 from ...backends.onnx.index import OnnxGraph
+from ...backends.onnx.shapes import without_weights
 from .cost import CostGraph, Use, WeightedOp
 
 #: Ops through which a zero channel stays in place and zero (or a constant a consumer can fold).
@@ -26,8 +27,7 @@ def _attribute(node: onnx.NodeProto, name: str, default: int) -> int:
 
 def inferred_shapes(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
     """Every tensor's shape for one image of ``input_shape`` (the declared input dims replaced first)."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
+    copy = without_weights(model)  # a copy without the large weights' values (shape inference needs none)
     (image,) = OnnxGraph(copy).image_inputs
     for dim, size in zip(image.type.tensor_type.shape.dim, input_shape):
         dim.Clear()
