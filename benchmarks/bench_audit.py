@@ -1,406 +1,550 @@
-"""Cost of an audit next to a bare inference of the same probe images.
+"""Cost of an audit next to a bare inference of the same probe images: the figures issue 15 targets.
 
-For each model (torchvision ResNets, random init with a fixed seed, exported to
-ONNX at 224x224 with a dynamic batch), every measurement runs in a fresh
-subprocess so that its peak RSS is its own:
+This is the driver. Every measurement is one run of ``bench_workers.py`` (its docstring describes each
+kind) in a fresh interpreter, so that its peak memory is its own; this process never imports torch or
+onnxruntime. Models are torchvision's with seeded random weights, exported once to ONNX into ``--cache``
+(the ``export`` kind). Runs that are compared are interleaved (bare, audit, bare, audit, ...) so that a
+burst of other load hits both alike, and every figure is the lowest of ``--repeat`` runs, each figure on
+its own: wall seconds and CPU seconds (other load only slows a run down) and peak RSS (VmHWM;
+onnxruntime's arena moves a run's peak by tens of MB either way, and the lowest repeats best).
 
-- ``probes``: only generating the probe images and turning them into model input;
-- ``bare``: onnxruntime (or torch under ``no_grad``) on those same images, same
-  batch size, same session options as the audit's (default threads, CPU provider);
-- ``audit``: ``audit_model`` with the colour check off: the one streaming pass;
-- ``audit-default``: ``audit_model`` with the default checks (the colour analysis on).
+What each number means (``bare``: onnxruntime on the audit's own probe images, decoded the audit's way,
+same batch size; both times include opening the model or session and making the probe input):
 
-Both ``bare`` and ``audit`` time opening the model, generating the probe images
-and running them, so the time ratio is what a user pays for an audit over
-plain inference; the probe generation time is printed on its own. The torch
-audit's time includes tracing the module with ``torch.export``, which bare
-inference does not need (also printed on its own). The streaming row compares
-the audit's peak RSS at a few and at many probe images (lowest of ``--repeat`` runs each).
+- ``main``: ``audit`` (sparsity and dead filters, colour off) vs ``bare`` for each of ``--models``
+  (default resnet50), ``--images`` (256) in batches of ``--batch-size`` (32). time = audit s / bare s
+  (target for resnet50: at most 1.25x), CPU time = the same of CPU seconds (all threads), memory =
+  audit peak MB / bare peak MB (target for resnet50: at most 1.5x).
+- ``default``: ``audit-default`` (the default checks: the colour profile on) vs ``bare``; targets at
+  most 1.5x for resnet50 and 2.0x for mobilenet_v3_small (default models: those two).
+- ``memory``: the audit's peak MB at few and at many probe images (``--streaming``, default 64 and
+  1024) on ``--streaming-model`` (default resnet18); target: many / few at most 1.05. Then bare and
+  audit peak MB (and seconds) at each of ``--memory-batches`` (8, 32, 64) at ``--images``.
+- ``torch``: ``torch-audit`` (colour off) vs ``torch-bare`` (the module under ``no_grad``), resnet18.
+- ``folder`` (with ``--folder``): ``audit`` vs ``bare`` on a folder of images (the same decoding in
+  both), resnet18; throughput = audit images/s / bare images/s (target: at least 0.9x).
+- ``fixed``: costs paid once per run, apart from the per-image cost: ``load`` (opening the model:
+  parse, shape inference, graph walk, then its session and one image), ``child`` (starting one
+  isolation child; CPU seconds are the parent's only), ``pytest-empty`` (``pytest`` with the plugin
+  and nothing to collect) and a whole ``pytest --cnnaudit`` run (default checks; CPU seconds and peak
+  of the pytest process tree). Per image: (seconds - fixed part) / images, the fixed part being bare's
+  session creation and the audit's ``load`` run.
+- ``gpu`` (with ``--gpu``): ``gpu-audit`` (default checks, ``runtime.device: cuda``) vs ``gpu-bare``; the
+  row names the provider that bare inference got, so a fall back to the CPU shows.
 
-Run: ``python benchmarks/bench_audit.py [--quick]``; ``--help`` lists the options.
-A single measurement is ``--worker KIND MODEL BACKEND IMAGES BATCH CACHE``, which is
-what the parent runs and what to hand to ``python -m cProfile``.
+Run: ``python benchmarks/bench_audit.py [--quick]``; ``--help`` lists the options. One measurement
+is ``python benchmarks/bench_workers.py KIND MODEL IMAGES BATCH CACHE [FOLDER]``, which is what this
+runs and what to hand to ``python -m cProfile``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import time
-import tracemalloc
+from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-SEED = 0
-SIZE = (224, 224)
-COLUMNS = (
+from bench_workers import onnx_path  # the worker module imports no third-party package at its top
+
+WORKERS = Path(__file__).with_name("bench_workers.py")
+SECTIONS = ("main", "default", "memory", "torch", "folder", "fixed", "gpu")
+TORCH_MODEL = FOLDER_MODEL = "resnet18"
+#: Issue 15's targets (at 256 images in batches of 32): audit over bare.
+MAIN_TARGETS = {"resnet50": (1.25, 1.5)}  # time, peak memory
+DEFAULT_TARGETS = {"resnet50": 1.5, "mobilenet_v3_small": 2.0}  # time
+STREAMING_LIMIT = 1.05  # peak memory at many probe images over few
+FOLDER_LIMIT = 0.9  # images per second, audit over bare
+#: The figures of a worker's answer that are measurements; each is the lowest over the repeats.
+MEASURED = ("seconds", "cpu_seconds", "peak_mb", "child_peak_mb", "open_seconds")
+VERSIONS = ("onnxruntime", "onnxruntime-gpu", "torch", "torchvision", "numpy", "Pillow", "pytest")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One worker command line."""
+
+    kind: str
+    model: str
+    images: int
+    batch: int
+    folder: str | None = None
+
+    def label(self) -> str:
+        return f"{self.kind} {self.model} {self.images} images, batch {self.batch}" + (
+            f", {self.folder}" if self.folder else ""
+        )
+
+
+def lowest(results: list[dict]) -> dict:
+    """The first run's answer with each measured figure at its lowest over all runs."""
+    best = dict(results[0])
+    for figure in MEASURED:
+        if figure in best:
+            best[figure] = min(result[figure] for result in results)
+    return best
+
+
+class Bench:
+    """Runs workers, and keeps the lowest figures of each run so that sections can share them."""
+
+    def __init__(self, cache: Path, repeat: int) -> None:
+        self.cache, self.repeat = cache, repeat
+        self.measured: dict[Run, dict] = {}
+
+    def once(self, run: Run) -> dict:
+        """One measurement in a fresh interpreter."""
+        command = [sys.executable, str(WORKERS), run.kind, run.model, str(run.images), str(run.batch), str(self.cache)]
+        done = subprocess.run([*command, *([run.folder] if run.folder else [])], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{run.label()} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        peak = result.get("child_peak_mb", result["peak_mb"])
+        timing = f"{result['seconds']:7.2f} s (cpu {result['cpu_seconds']:7.2f} s)" if "seconds" in result else ""
+        print(f"  {run.label():48} {timing}, peak {peak:6.0f} MB", file=sys.stderr, flush=True)
+        return result
+
+    def compare(self, *runs: Run) -> list[dict]:
+        """The lowest figures of each run, measuring those not yet measured, interleaved, ``repeat`` times."""
+        todo = [run for run in dict.fromkeys(runs) if run not in self.measured]
+        results: dict[Run, list[dict]] = {run: [] for run in todo}
+        for _ in range(self.repeat):
+            for run in todo:
+                results[run].append(self.once(run))
+        self.measured.update({run: lowest(done) for run, done in results.items()})
+        return [self.measured[run] for run in runs]
+
+    def export(self, models: list[str]) -> None:
+        for model in dict.fromkeys(models):
+            if not onnx_path(model, self.cache).exists():
+                self.once(Run("export", model, 1, 1))
+
+
+def ratio(value: float) -> str:
+    return f"{value:.2f}x"
+
+
+def met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def table(columns: tuple[str, ...], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def batch_label(batch: int, audit: dict) -> str:
+    """The batch size, and the audit's own where its memory budget shrank it."""
+    used = audit.get("batch_size", batch)
+    return str(batch) if used == batch else f"{batch} (audit {used})"
+
+
+AUDIT_COLUMNS = (
+    "run",
     "model",
-    "backend",
     "images",
     "batch",
     "bare s",
     "audit s",
-    "time ratio",
-    "bare peak MB",
-    "audit peak MB",
-    "memory ratio",
+    "time",
+    "CPU time",
+    "bare MB",
+    "audit MB",
+    "memory",
+    "target",
+    "met",
 )
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, in MiB.
-
-    Linux: VmHWM, the high-water mark of this process image alone. ``ru_maxrss``
-    is not enough there: Linux carries it over ``fork`` + ``exec`` from the parent.
-    """
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2**10
-    try:
-        import resource
-    except ImportError:  # Windows: psutil reports the peak working set
-        import psutil
-
-        return psutil.Process().memory_info().peak_wset / 2**20
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB elsewhere
+def audit_row(label: str, run: Run, bare: dict, audit: dict, target: tuple[str, bool] | None) -> list[str]:
+    """A row of the audit table; ``target``: its text, and whether it was met."""
+    return [
+        label,
+        run.model,
+        str(run.images),
+        batch_label(run.batch, audit),
+        f"{bare['seconds']:.2f}",
+        f"{audit['seconds']:.2f}",
+        ratio(audit["seconds"] / bare["seconds"]),
+        ratio(audit["cpu_seconds"] / bare["cpu_seconds"]),
+        f"{bare['peak_mb']:.0f}",
+        f"{audit['peak_mb']:.0f}",
+        ratio(audit["peak_mb"] / bare["peak_mb"]),
+        target[0] if target else "-",
+        met(target[1]) if target else "-",
+    ]
 
 
-def torch_model(name: str) -> Any:
-    """A torchvision model with seeded random weights, in eval mode."""
-    import torch
-    import torchvision
-
-    torch.manual_seed(SEED)
-    return getattr(torchvision.models, name)(weights=None).eval()
-
-
-def onnx_path(name: str, cache: Path) -> Path:
-    return cache / f"{name}_seed{SEED}_{SIZE[0]}x{SIZE[1]}.onnx"
+def main_target(model: str, bare: dict, audit: dict) -> tuple[str, bool] | None:
+    if model not in MAIN_TARGETS:
+        return None
+    time_limit, memory_limit = MAIN_TARGETS[model]
+    ok = audit["seconds"] <= time_limit * bare["seconds"] and audit["peak_mb"] <= memory_limit * bare["peak_mb"]
+    return f"time <= {ratio(time_limit)}, memory <= {ratio(memory_limit)}", ok
 
 
-def export_onnx(name: str, cache: Path) -> Path:
-    """Export once (batch dimension dynamic); later runs reuse the file."""
-    import warnings
+def default_target(model: str, bare: dict, audit: dict) -> tuple[str, bool] | None:
+    if model not in DEFAULT_TARGETS:
+        return None
+    limit = DEFAULT_TARGETS[model]
+    return f"time <= {ratio(limit)}", audit["seconds"] <= limit * bare["seconds"]
 
-    import torch
 
-    path = onnx_path(name, cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated, but self-contained and quick
-        torch.onnx.export(
-            torch_model(name),
-            torch.zeros(1, 3, *SIZE),
-            str(partial),
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=17,
-            dynamo=False,
+def onnx_rows(bench: Bench, args: argparse.Namespace) -> list[list[str]]:
+    """The main and default-checks rows; a model in both shares its bare runs, all three kinds interleaved."""
+    main = args.models if "main" in args.only else []
+    default = args.default_models if "default" in args.only else []
+    rows = []
+    for model in dict.fromkeys(main + default):
+        kinds = ["audit"] * (model in main) + ["audit-default"] * (model in default)
+        runs = [Run(kind, model, args.images, args.batch_size) for kind in ["bare", *kinds]]
+        bare, *audits = bench.compare(*runs)
+        for run, audit in zip(runs[1:], audits):
+            if run.kind == "audit":
+                target = main_target(model, bare, audit)
+                rows.append(audit_row("onnx, sparsity + dead filters", run, bare, audit, target))
+            else:
+                rows.append(audit_row("onnx, default checks", run, bare, audit, default_target(model, bare, audit)))
+    return rows
+
+
+def torch_row(bench: Bench, args: argparse.Namespace) -> list[str]:
+    runs = [Run(kind, TORCH_MODEL, args.images, args.batch_size) for kind in ("torch-bare", "torch-audit")]
+    return audit_row("torch, sparsity + dead filters", runs[1], *bench.compare(*runs), None)
+
+
+def gpu_rows(bench: Bench, args: argparse.Namespace) -> list[list[str]]:
+    """The default checks on CUDA; the run column names the provider bare inference got (CPU when CUDA is absent)."""
+    rows = []
+    for model in args.models:
+        runs = [Run(kind, model, args.images, args.batch_size) for kind in ("gpu-bare", "gpu-audit")]
+        bare, audit = bench.compare(*runs)
+        rows.append(audit_row(f"{bare['provider']}, default checks", runs[1], bare, audit, None))
+    return rows
+
+
+def streaming_table(bench: Bench, args: argparse.Namespace) -> str:
+    few, many = (Run("audit", args.streaming_model, n, args.batch_size) for n in args.streaming)
+    at_few, at_many = bench.compare(few, many)
+    growth = at_many["peak_mb"] / at_few["peak_mb"]
+    row = [
+        few.model,
+        batch_label(few.batch, at_few),
+        f"{at_few['peak_mb']:.0f}",
+        f"{at_many['peak_mb']:.0f}",
+        ratio(growth),
+        f"<= {ratio(STREAMING_LIMIT)}",
+        met(growth <= STREAMING_LIMIT),
+    ]
+    columns = ("model", "batch", f"audit MB at {few.images} images", f"at {many.images}", "growth", "target", "met")
+    return table(columns, [row])
+
+
+def batch_table(bench: Bench, args: argparse.Namespace) -> str:
+    rows = []
+    for batch in args.memory_batches:
+        runs = [Run(kind, args.streaming_model, args.images, batch) for kind in ("bare", "audit")]
+        bare, audit = bench.compare(*runs)
+        rows.append(
+            [
+                args.streaming_model,
+                str(args.images),
+                batch_label(batch, audit),
+                f"{bare['peak_mb']:.0f}",
+                f"{audit['peak_mb']:.0f}",
+                ratio(audit["peak_mb"] / bare["peak_mb"]),
+                f"{bare['seconds']:.2f}",
+                f"{audit['seconds']:.2f}",
+                ratio(audit["seconds"] / bare["seconds"]),
+            ]
         )
-    partial.rename(path)
-    return path
+    columns = ("model", "images", "batch", "bare MB", "audit MB", "memory", "bare s", "audit s", "time")
+    return table(columns, rows)
 
 
-#: The configuration of the main rows: the one streaming pass (sparsity, dead channels) and
-#: nothing else; the colour analysis, on by default, reruns images and gets a row of its own.
-MAIN_PASS_ONLY = "checks: {color: {enabled: false}}\n"
+def folder_table(bench: Bench, args: argparse.Namespace) -> str:
+    runs = [Run(kind, FOLDER_MODEL, args.images, args.batch_size, str(args.folder)) for kind in ("bare", "audit")]
+    bare, audit = bench.compare(*runs)
+    throughput = bare["seconds"] / audit["seconds"]  # (images / audit s) / (images / bare s)
+    row = [
+        FOLDER_MODEL,
+        folder_label(args.folder),
+        str(args.images),
+        batch_label(args.batch_size, audit),
+        f"{args.images / bare['seconds']:.1f}",
+        f"{args.images / audit['seconds']:.1f}",
+        ratio(throughput),
+        ratio(audit["cpu_seconds"] / bare["cpu_seconds"]),
+        f"{bare['peak_mb']:.0f}",
+        f"{audit['peak_mb']:.0f}",
+        f">= {ratio(FOLDER_LIMIT)}",
+        met(throughput >= FOLDER_LIMIT),
+    ]
+    columns = ("model", "folder", "images", "batch", "bare images/s", "audit images/s", "throughput", "CPU time")
+    return table((*columns, "bare MB", "audit MB", "target", "met"), [row])
 
 
-def audit_config(images: int, batch_size: int, main_pass_only: bool = True) -> Any:
-    from pytest_cnnaudit.config import parse_config
-
-    text = f"probe: {{count: {images}, batch_size: {batch_size}}}\n" + (MAIN_PASS_ONLY if main_pass_only else "")
-    return parse_config(text, "<bench>")
-
-
-def model_input_batches(config: Any, spec: Any) -> Any:
-    """The audit's own probe images as model input, one batch at a time."""
-    from pytest_cnnaudit.audit import probe_set_for
-    from pytest_cnnaudit.probes import to_model_input
-
-    for batch in probe_set_for(config, spec).batches(config.probe.batch_size):
-        yield to_model_input(batch, spec)
+def folder_label(folder: Path) -> str:
+    files = [path for path in folder.iterdir() if path.is_file()]
+    megabytes = sum(path.stat().st_size for path in files) / 2**20
+    return f"{folder} ({len(files)} files, {megabytes:.0f} MB)"
 
 
-def resolved_spec(shape: tuple[int | None, ...] | None) -> Any:
-    from pytest_cnnaudit.backends.base import resolve_input_spec
-    from pytest_cnnaudit.config import InputSpec
-
-    return resolve_input_spec(InputSpec(size=SIZE), shape, "bench")
-
-
-def ort_session(path: Path) -> Any:
-    """A session with the options the ONNX backend uses."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-class Stopwatch:
-    """Wall time and CPU time (all threads of this process) since it was made."""
-
-    def __init__(self) -> None:
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-
-    def read(self, **extra: Any) -> dict:
-        return {"seconds": time.perf_counter() - self.wall, "cpu_seconds": time.process_time() - self.cpu, **extra}
+def fixed_table(bench: Bench, args: argparse.Namespace) -> str:
+    rows = []
+    for model in args.models:
+        load = bench.compare(Run("load", model, 1, 1))[0]
+        rows.append([f"{model}: open the model, its session and one image (`load`)", *figures(load)])
+        rows.append([f"{model}: of which opening (parse, shape inference, graph walk)", f"{load['open_seconds']:.2f}"])
+    model = args.models[0]
+    child, empty, whole = bench.compare(
+        Run("child", model, 1, 1), Run("pytest-empty", model, 1, 1), Run("pytest", model, args.images, args.batch_size)
+    )
+    rows.append(["start one isolation child (`child`; CPU: the parent's only)", *figures(child)])
+    rows.append(["`pytest` with the plugin, nothing collected (`pytest-empty`)", *figures(empty)])
+    rows.append([f"`pytest --cnnaudit` {model}, default checks, {args.images} images (`pytest`)", *figures(whole)])
+    return table(("fixed cost", "s", "CPU s", "peak MB"), [row + [""] * (4 - len(row)) for row in rows])
 
 
-def work_export(model: str, backend: str, config: Any, cache: Path) -> dict:
-    clock = Stopwatch()
-    export_onnx(model, cache)
-    return clock.read()
+def figures(result: dict) -> list[str]:
+    peak = result.get("child_peak_mb", result["peak_mb"])  # a pytest run: its process tree's, not the worker's
+    return [f"{result['seconds']:.2f}", f"{result['cpu_seconds']:.2f}", f"{peak:.0f}"]
 
 
-def work_probes(model: str, backend: str, config: Any, cache: Path) -> dict:
-    spec = resolved_spec((None, 3, *SIZE))
-    clock = Stopwatch()
-    for _ in model_input_batches(config, spec):
-        pass
-    return clock.read()
+def per_image_table(bench: Bench, args: argparse.Namespace) -> str | None:
+    """Per-image cost, the fixed parts taken out, of each audit measured beside its model's load run."""
+    rows = []
+    for model in args.models:
+        load = bench.measured.get(Run("load", model, 1, 1))
+        bare = bench.measured.get(Run("bare", model, args.images, args.batch_size))
+        for kind in ("audit", "audit-default"):
+            audit = bench.measured.get(Run(kind, model, args.images, args.batch_size))
+            if load is None or bare is None or audit is None:
+                continue
+            bare_each = (bare["seconds"] - bare["open_seconds"]) / args.images
+            audit_each = (audit["seconds"] - load["seconds"]) / args.images
+            rows.append(
+                [
+                    model,
+                    kind,
+                    f"{bare['open_seconds']:.2f}",
+                    f"{1000 * bare_each:.1f}",
+                    f"{load['seconds']:.2f}",
+                    f"{1000 * audit_each:.1f}",
+                    ratio(audit_each / bare_each),
+                ]
+            )
+    columns = ("model", "kind", "bare fixed s", "bare ms/image", "audit fixed s", "audit ms/image", "per image")
+    return table(columns, rows) if rows else None
 
 
-def work_bare(model: str, backend: str, config: Any, cache: Path) -> dict:
-    if backend == "torch":
-        import torch
-
-        module = torch_model(model)
-        clock = Stopwatch()
-        with torch.no_grad():
-            for batch in model_input_batches(config, resolved_spec(None)):
-                module(torch.from_numpy(batch))
-        return clock.read()
-    import onnxruntime  # noqa: F401 - imported before the clock starts, as for the audit
-
-    clock = Stopwatch()
-    session = ort_session(onnx_path(model, cache))
-    image_input = session.get_inputs()[0]
-    spec = resolved_spec(tuple(d if isinstance(d, int) else None for d in image_input.shape))
-    for batch in model_input_batches(config, spec):
-        session.run(None, {image_input.name: batch})
-    return clock.read()
+def pytest_note(bench: Bench, args: argparse.Namespace) -> str | None:
+    """What a whole pytest run adds to the same audit in-process: pytest, the isolation child, the reports."""
+    model = args.models[0]
+    whole = bench.measured.get(Run("pytest", model, args.images, args.batch_size))
+    audit = bench.measured.get(Run("audit-default", model, args.images, args.batch_size))
+    if whole is None or audit is None:
+        return None
+    return (
+        f"A whole pytest run of {model} takes {whole['seconds'] - audit['seconds']:+.2f} s over the same audit "
+        f"in-process ({whole['seconds']:.2f} s vs {audit['seconds']:.2f} s): pytest, the isolation child, the reports."
+    )
 
 
-def work_audit(model: str, backend: str, config: Any, cache: Path) -> dict:
-    from pytest_cnnaudit.config import InputSpec, ModelSpec
-
-    audit_module = importlib.import_module("pytest_cnnaudit.audit")  # the package exports a function of that name
-    if backend == "torch":
-        target = torch_model(model)
-        spec = ModelSpec(path=model, input=InputSpec(size=SIZE))
-    else:
-        import onnxruntime  # noqa: F401 - imported before the clock starts, as for bare inference
-
-        target, spec = onnx_path(model, cache), None
-    opening: list[float] = []
-    open_backend = audit_module.open_backend
-
-    def timed_open_backend(*args: Any, **kwargs: Any) -> Any:
-        start = time.perf_counter()
+def machine() -> str:
+    """The CPU, its cores and the versions that matter, read without importing the packages."""
+    model = "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
+        model = names[0] if names else model
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    versions = []
+    for package in VERSIONS:
         try:
-            return open_backend(*args, **kwargs)
-        finally:
-            opening.append(time.perf_counter() - start)
-
-    audit_module.open_backend = timed_open_backend
-    clock = Stopwatch()
-    result = audit_module.audit_model(target, config, spec)
-    measured = sum(layer.stats is not None for layer in result.layers)
-    return clock.read(open_seconds=opening[0], layers=measured, batch_size=result.probe["batch_size"])
-
-
-#: Worker kinds; "audit-default" is the audit with the default checks (the colour analysis on).
-WORK = {
-    "export": work_export,
-    "probes": work_probes,
-    "bare": work_bare,
-    "audit": work_audit,
-    "audit-default": work_audit,
-    "audit-traced": work_audit,
-}
-
-
-def worker(argv: list[str]) -> None:
-    kind, model, backend, images, batch_size, cache = argv
-    config = audit_config(int(images), int(batch_size), main_pass_only=kind != "audit-default")
-    if kind == "audit-traced":
-        # numpy reports its allocations to tracemalloc; onnxruntime's arena does not. The traced peak is
-        # the audit's own memory, exactly, which the RSS peak shows only through the arena's noise.
-        tracemalloc.start()
-    result = WORK[kind](model, backend, config, Path(cache))
-    if kind == "audit-traced":
-        result["traced_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
-    result["peak_mb"] = peak_rss_mb()
-    print(json.dumps(result))
-
-
-def measure(kind: str, model: str, backend: str, images: int, batch_size: int, cache: Path) -> dict:
-    """One measurement in a fresh interpreter, so the peak RSS is this measurement's alone."""
-    command = [sys.executable, __file__, "--worker", kind, model, backend, str(images), str(batch_size), str(cache)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"{kind} {model} {backend} {images} images failed:\n{done.stderr}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    print(
-        f"  {kind:6} {model:9} {backend:5} {images:5} images: {result['seconds']:7.2f} s "
-        f"(cpu {result['cpu_seconds']:7.2f} s), peak {result['peak_mb']:6.0f} MB",
-        file=sys.stderr,
-        flush=True,
-    )
-    return result
-
-
-def fastest(runs: list[dict]) -> dict:
-    """The fastest run's numbers (other load only ever slows a run down): the least wall and
-    CPU time, each over all runs, and the largest peak RSS."""
-    best = dict(min(runs, key=lambda run: run["seconds"]))
-    best["cpu_seconds"] = min(run["cpu_seconds"] for run in runs)
-    best["peak_mb"] = max(run["peak_mb"] for run in runs)
-    return best
-
-
-def compare(
-    model: str, backend: str, images: int, batch_size: int, cache: Path, repeat: int, audit_kind: str = "audit"
-) -> tuple[dict, dict]:
-    """Bare and audit runs, interleaved so that a burst of other load hits both alike."""
-    runs: dict[str, list[dict]] = {"bare": [], audit_kind: []}
-    for _ in range(repeat):
-        for kind, done in runs.items():
-            done.append(measure(kind, model, backend, images, batch_size, cache))
-    return fastest(runs["bare"]), fastest(runs[audit_kind])
-
-
-def cpu_ratio(bare: dict, audit: dict) -> str:
-    """CPU seconds (all threads) are less disturbed by other load than wall time."""
-    return (
-        f"CPU time {bare['cpu_seconds']:.1f} s bare, {audit['cpu_seconds']:.1f} s audit "
-        f"({audit['cpu_seconds'] / bare['cpu_seconds']:.2f}x)"
-    )
-
-
-def batch_label(batch_size: int, audit: dict) -> str:
-    """The batch size, and the audit's own where its memory budget shrank it."""
-    used = audit.get("batch_size", batch_size)
-    return str(batch_size) if used == batch_size else f"{batch_size} (audit {used})"
-
-
-def table_row(model: str, backend: str, images: int, batch_size: int, bare: dict, audit: dict) -> str:
-    return (
-        f"| {model} | {backend} | {images} | {batch_label(batch_size, audit)} | {bare['seconds']:.2f} | "
-        f"{audit['seconds']:.2f} | "
-        f"{audit['seconds'] / bare['seconds']:.2f}x | {bare['peak_mb']:.0f} | {audit['peak_mb']:.0f} | "
-        f"{audit['peak_mb'] / bare['peak_mb']:.2f}x |"
-    )
-
-
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["resnet18", "resnet50"], help="torchvision model names")
-    parser.add_argument("--images", type=int, default=256, help="probe images per run")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (audit and bare)")
-    parser.add_argument(
-        "--streaming",
-        type=int,
-        nargs=2,
-        default=[64, 1024],
-        metavar=("FEW", "MANY"),
-        help="probe counts of the streaming row (resnet18, onnx)",
-    )
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement; the fastest counts")
-    parser.add_argument("--no-torch", action="store_true", help="skip the torch backend row")
-    parser.add_argument(
-        "--no-colour-row", action="store_true", help="skip the row of the default checks (colour analysis on)"
-    )
-    parser.add_argument("--quick", action="store_true", help="resnet18 only, 64 images, streaming 64 vs 256")
-    parser.add_argument(
-        "--cache",
-        type=Path,
-        default=Path(tempfile.gettempdir()) / "cnnaudit-bench",
-        help="folder of the exported ONNX models",
-    )
-    args = parser.parse_args()
-    if args.quick:
-        args.models, args.images, args.streaming, args.repeat = ["resnet18"], 64, [64, 256], 1
-    return args
+            versions.append(f"{package} {metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            continue
+    python = ".".join(map(str, sys.version_info[:3]))
+    return f"{model}, {os.cpu_count()} cores ({usable} usable); Python {python}, " + ", ".join(versions)
 
 
 def load_average() -> str:
     try:
-        return f"{os.getloadavg()[0]:.1f}"
+        return "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
     except (AttributeError, OSError):  # Windows
         return "unknown"
 
 
+def make_folder(folder: Path, count: int, seed: int = 0) -> None:
+    """``count`` JPEGs of mixed sizes (160 to 1600 pixels a side), the same bytes on every call."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        height, width = (int(side) for side in rng.integers(160, 1601, size=2))
+        Image.fromarray(picture(rng, height, width)).save(folder / f"probe_{index:05d}.jpg", quality=90)
+
+
+def picture(rng: Any, height: int, width: int) -> Any:
+    """A colour gradient under smooth blobs and a fine grain: not flat, so decoding does real work."""
+    import numpy as np
+    from PIL import Image
+
+    corners = rng.uniform(0, 255, (3, 3)).astype(np.float32)  # top-left, right and bottom colours
+    across = np.linspace(0, 1, width, dtype=np.float32)[None, :, None]
+    down = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
+    gradient = corners[0] + (corners[1] - corners[0]) * across + (corners[2] - corners[0]) * down
+    coarse = rng.integers(0, 256, (height // 40 + 2, width // 40 + 2, 3), dtype=np.uint8)
+    blobs = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC), np.float32)
+    grain = rng.normal(0, 12, (height, width, 3)).astype(np.float32)
+    return np.clip(0.5 * gradient + 0.5 * blobs + grain, 0, 255).astype(np.uint8)
+
+
+#: The defaults that ``--quick`` changes: full run, quick run.
+DEFAULTS = {
+    "models": (["resnet50"], ["resnet18"]),
+    "default_models": (["resnet50", "mobilenet_v3_small"], ["resnet18"]),
+    "images": (256, 64),
+    "repeat": (3, 1),
+    "streaming": ([64, 1024], [64, 256]),
+}
+EPILOG = """sections (--only): main (audit vs bare, sparsity + dead filters), default (the default checks),
+memory (peak memory at few and many probe images, and at each of --memory-batches), torch (resnet18),
+folder (needs --folder), fixed (load, child and pytest start, a whole pytest run; per-image cost),
+gpu (needs --gpu). Without --only: all of them, folder and gpu where asked for."""
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="resnet18 only, 64 images, 1 run, streaming 64 vs 256")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        help="torchvision models of the main, default-checks, fixed and GPU rows (default: resnet50, and "
+        "resnet50 mobilenet_v3_small for the default checks)",
+    )
+    parser.add_argument("--images", type=int, help="probe images per run (default: 256)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    parser.add_argument("--repeat", type=int, help="runs of each measurement, the lowest figures count (default: 3)")
+    parser.add_argument(
+        "--streaming",
+        type=int,
+        nargs=2,
+        metavar=("FEW", "MANY"),
+        help="probe counts of the streaming row (default: 64 1024)",
+    )
+    parser.add_argument("--streaming-model", default="resnet18", help="model of the memory section (default: resnet18)")
+    parser.add_argument(
+        "--memory-batches",
+        type=int,
+        nargs="+",
+        default=[8, 32, 64],
+        help="batch sizes of the memory rows (default: 8 32 64)",
+    )
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, metavar="SECTION", help="run these sections only")
+    parser.add_argument("--no-torch", action="store_true", help="skip the torch row")
+    parser.add_argument("--folder", type=Path, help="a folder of images for the folder row (resnet18)")
+    parser.add_argument(
+        "--make-folder",
+        nargs=2,
+        metavar=("PATH", "N"),
+        help="write N deterministic JPEGs (160 to 1600 px a side) into PATH for --folder, and stop",
+    )
+    parser.add_argument("--gpu", action="store_true", help="the GPU row (onnxruntime's CUDA provider)")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "cnnaudit-bench",
+        help="folder of the exported ONNX models (default: %(default)s)",
+    )
+    args = parser.parse_args()
+    for name, (full, quick) in DEFAULTS.items():
+        given = args.models if name == "default_models" else getattr(args, name)  # --models sets both
+        setattr(args, name, given or (quick if args.quick else full))
+    args.only = chosen_sections(parser, args)
+    return args
+
+
+def chosen_sections(parser: argparse.ArgumentParser, args: argparse.Namespace) -> set[str]:
+    if args.only:
+        only = set(args.only)
+    else:
+        only = {section for section in SECTIONS if section not in ("folder", "gpu")}
+        only |= {"folder"} if args.folder else set()
+        only |= {"gpu"} if args.gpu else set()
+    if args.no_torch:
+        only.discard("torch")
+    if "folder" in only and args.folder is None:
+        parser.error("the folder section needs --folder PATH (--make-folder PATH N writes one)")
+    if args.folder is not None and not args.folder.is_dir():
+        parser.error(f"--folder {args.folder}: not a folder")
+    if "gpu" in only and not args.gpu:
+        parser.error("the gpu section needs --gpu")
+    return only
+
+
+def onnx_models(args: argparse.Namespace) -> list[str]:
+    """The models the chosen sections run in onnxruntime, which must be exported first."""
+    needed = {
+        "main": args.models,
+        "default": args.default_models,
+        "memory": [args.streaming_model],
+        "folder": [FOLDER_MODEL],
+        "fixed": args.models,
+        "gpu": args.models,
+    }
+    return [model for section in SECTIONS if section in args.only for model in needed.get(section, [])]
+
+
 def main() -> None:
-    # This process never imports torch or onnxruntime: it only starts and reads the workers.
     args = parse_args()
-    batch = args.batch_size
+    if args.make_folder:
+        folder, count = Path(args.make_folder[0]), int(args.make_folder[1])
+        make_folder(folder, count)
+        print(f"{count} JPEGs in {folder}")
+        return
     load_before = load_average()
-    for model in args.models:
-        if not onnx_path(model, args.cache).exists():
-            measure("export", model, "onnx", 1, batch, args.cache)
-
-    rows, notes = [], []
-    for model in args.models:
-        probes = measure("probes", model, "onnx", args.images, batch, args.cache)
-        bare, audit = compare(model, "onnx", args.images, batch, args.cache, args.repeat)
-        rows.append(table_row(model, "onnx", args.images, batch, bare, audit))
-        notes.append(
-            f"{model} onnx: probe generation {probes['seconds']:.2f} s of both times (peak {probes['peak_mb']:.0f} MB "
-            f"alone); opening the model {audit['open_seconds']:.2f} s of the audit (bare: session only); "
-            f"{audit['layers']} measured layers; {cpu_ratio(bare, audit)}"
-        )
-    if not args.no_colour_row:
-        model = args.models[0]
-        bare, audit = compare(model, "onnx", args.images, batch, args.cache, args.repeat, "audit-default")
-        rows.append(table_row(model, "onnx, default checks", args.images, batch, bare, audit))
-        notes.append(f"{model} onnx, default checks (colour analysis on): {cpu_ratio(bare, audit)}")
-    if not args.no_torch:
-        bare, audit = compare("resnet18", "torch", args.images, batch, args.cache, args.repeat)
-        rows.append(table_row("resnet18", "torch", args.images, batch, bare, audit))
-        notes.append(
-            f"resnet18 torch: torch.export of the module {audit['open_seconds']:.2f} s of the audit; "
-            f"{cpu_ratio(bare, audit)}"
-        )
-    # Memory only, interleaved, lowest peak of --repeat runs each: onnxruntime's arena moves a run's peak
-    # by tens of MB either way, which a single pair of runs can mistake for growth (or hide).
-    streaming = [
-        [measure("audit-traced", "resnet18", "onnx", n, batch, args.cache) for n in args.streaming]
-        for _ in range(args.repeat)
-    ]
-    few, many = (min((runs[i] for runs in streaming), key=lambda run: run["peak_mb"]) for i in (0, 1))
-
+    bench = Bench(args.cache, args.repeat)
+    bench.export(onnx_models(args))
+    tables = []
+    rows = onnx_rows(bench, args)
+    rows += [torch_row(bench, args)] if "torch" in args.only else []
+    rows += gpu_rows(bench, args) if "gpu" in args.only else []
+    if rows:
+        tables.append(("Audit vs bare inference", table(AUDIT_COLUMNS, rows)))
+    if "memory" in args.only:
+        tables.append(("Peak memory against probe count", streaming_table(bench, args)))
+        tables.append(("Peak memory and batch size", batch_table(bench, args)))
+    if "folder" in args.only:
+        tables.append(("A folder of images, the same decoding in both", folder_table(bench, args)))
+    if "fixed" in args.only:
+        tables.append(("Fixed costs, paid once per run", fixed_table(bench, args)))
+        per_image = per_image_table(bench, args)
+        if per_image:
+            tables.append(("Per-image cost, fixed costs taken out", per_image))
     print(
-        f"\nFastest of {args.repeat} runs each; probe images generated inside both timings; "
-        f"load average {load_before} before, {load_average()} after.\n"
+        f"\nEach figure is the lowest of {args.repeat} run(s), each run in a fresh interpreter, bare and audit "
+        "interleaved: wall seconds, CPU seconds (all threads) and peak RSS (VmHWM) each at its lowest.\n"
+        f"Machine: {machine()}.\nLoad average (1, 5, 15 min): {load_before} before, {load_average()} after."
     )
-    print("| " + " | ".join(COLUMNS) + " |")
-    print("|" + "---|" * len(COLUMNS))
-    print("\n".join(rows))
-    print(
-        f"\nStreaming (resnet18, onnx, batch {batch}, lowest of {args.repeat}): audit peak RSS {few['peak_mb']:.0f} MB at {args.streaming[0]} "
-        f"images, {many['peak_mb']:.0f} MB at {args.streaming[1]} ({many['peak_mb'] / few['peak_mb']:.2f}x); "
-        f"peak of the audit's own (numpy and Python) allocations {few['traced_peak_mb']:.1f} MB at "
-        f"{args.streaming[0]}, {many['traced_peak_mb']:.1f} MB at {args.streaming[1]}\n"
-    )
-    for note in notes:
-        print(f"- {note}")
+    for title, text in tables:
+        print(f"\n{title}:\n\n{text}")
+    note = pytest_note(bench, args) if "fixed" in args.only else None
+    if note:
+        print(f"\n{note}")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        worker(sys.argv[2:])
-    else:
-        main()
+    main()
