@@ -3,8 +3,9 @@
 The backend reduces each batch where its runtime keeps the activations (in the ONNX graph, on
 the torch device) and hands over only (N, C) figures per measured tensor, so peak memory stays
 near a bare pass's whatever the number of probe images. When the colour check is on, the
-achromatic twins of an evenly spaced subset of the probe images run right after their colour
-batch, through the same runtime: the colour profile costs that subset, not a second pass.
+achromatic twins of an evenly spaced subset of the probe images are made beside their colour
+images and run, in batches of the main pass's size, through the same runtime as they gather:
+the colour profile costs that subset, not a second pass.
 """
 
 from __future__ import annotations
