@@ -290,7 +290,7 @@ def folder_table(bench: Bench, args: argparse.Namespace) -> str:
 
 
 def folder_label(folder: Path) -> str:
-    files = [path for path in folder.iterdir() if path.is_file()]
+    files = [path for path in folder.rglob("*") if path.is_file()]  # probe.images searches a folder recursively
     megabytes = sum(path.stat().st_size for path in files) / 2**20
     return f"{folder} ({len(files)} files, {megabytes:.0f} MB)"
 
@@ -470,8 +470,9 @@ def parse_args() -> argparse.Namespace:
         help="folder of the exported ONNX models (default: %(default)s)",
     )
     args = parser.parse_args()
+    explicit_models = args.models  # --models sets both model lists; read before the defaults fill it
     for name, (full, quick) in DEFAULTS.items():
-        given = args.models if name == "default_models" else getattr(args, name)  # --models sets both
+        given = explicit_models if name == "default_models" else getattr(args, name)
         setattr(args, name, given or (quick if args.quick else full))
     args.only = chosen_sections(parser, args)
     return args

@@ -98,6 +98,10 @@ class Backend(Protocol):
     def model_graph(self) -> ModelGraph:
         """A copy of the graph with each layer's conv, activation and pre-activation tensors."""
 
+    def end_pass(self) -> None:
+        """The main pass is over: drop what only it needs, so that it is not held while the checks judge
+        (a later run makes what it needs again)."""
+
     def close(self) -> None:
         """Release runtime resources."""
 

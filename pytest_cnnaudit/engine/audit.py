@@ -164,6 +164,7 @@ def measure_model(
     probes = probe_set_for(config, backend.input_spec)
     batch_size = fit_batch_size(backend, probes, config.probe.batch_size, config.runtime.memory_budget_mb)
     by_tensor = measure(backend, probes, batch_size, config.probe.zero_eps, progress, top_images, gray_twins)
+    backend.end_pass()
     stats = {info.id: by_tensor[info.tensor] for info in backend.layers if info.tensor in by_tensor}
     return MainPass(probes, batch_size, stats)
 

@@ -195,6 +195,9 @@ class TorchBackend:
                 tensors.setdefault(layer_id(node), LayerTensors(node.name, activation, preactivation))
         return ModelGraph("torch.fx", copied, tensors, self.fixed_batch)
 
+    def end_pass(self) -> None:
+        """Nothing: the checks run the same graph module again."""
+
     def close(self) -> None:
         self.graph_module = None  # type: ignore[assignment]
 
