@@ -278,6 +278,7 @@ TORCH_CASES = {
 }
 
 
+@pytest.mark.filterwarnings("error")  # what torch warns of on the way is not the user's message
 @pytest.mark.parametrize("case", list(TORCH_CASES))
 def test_bad_torch_model_gives_one_clear_line(tmp_path: Path, case: str) -> None:
     _torch_files(tmp_path)

@@ -15,6 +15,7 @@ import argparse
 import datetime
 import pathlib
 import re
+import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -74,7 +75,9 @@ NEVER_IN_A_MODEL = (
 def load_checkpoint(path: Path, trust_pickle: bool, search_path: Sequence[Path]) -> Any:
     """What a ``torch.save`` file holds; with ``trust_pickle``, ``search_path`` is on ``sys.path`` meanwhile."""
     try:
-        with torch.serialization.safe_globals(list(HARMLESS_GLOBALS)):
+        with torch.serialization.safe_globals(list(HARMLESS_GLOBALS)), warnings.catch_warnings():
+            # torch warns of a pickle protocol it may not read before failing on a plain pickle: the error says more
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         # Only an unsupported global means a pickle of Python objects; corrupt bytes also fail the
