@@ -90,8 +90,9 @@ def gather_evidence(
     unproved = [
         (layer, channel) for layer, channels in dead.items() for channel in channels if channel not in provable[layer]
     ]
-    within = [target for target in unproved if over_limit is not None and target[0] not in over_limit]
-    targets = [target for target in unproved if target[0] in searchable and target not in within]
+    searched_layers = set(dead) if over_limit is None else set(over_limit)
+    within = [target for target in unproved if target[0] not in searched_layers]
+    targets = [target for target in unproved if target[0] in searched_layers and target[0] in searchable]
     notes: list[str] = [] if image else ["a signal or clip input has no pixel box: dead channels carry probe evidence"]
     if image and within and settings.witness_steps and settings.witness_channels:
         notes.append(
