@@ -188,6 +188,7 @@ def torch_network(context: AuditContext, batch_size: int) -> ProbeNetwork:
     backend = context.backend
     graph_module = backend.trainable_copy(tap.record) if isinstance(backend, TorchBackend) else None
     if graph_module is not None:
+        graph_module.to("cpu")  # the probe trains on the CPU whatever runtime.device (README: Runtime)
         layers, fixed_batch, source = backend.layers, backend.fixed_batch, None
     else:
         source = _fresh_copy(context)
