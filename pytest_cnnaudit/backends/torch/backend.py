@@ -181,8 +181,9 @@ class TorchBackend:
         return None
 
     def model_graph(self) -> ModelGraph:
-        """A deep copy of the measured graph without its recording calls, and each layer's nodes by name."""
-        copied = copy.deepcopy(self.graph_module)
+        """A deep copy of the measured graph without its recording calls, and each layer's nodes by name;
+        on the CPU, where the bound proof, the cost and the witness search read it."""
+        copied = copy.deepcopy(self.graph_module).to("cpu")
         for node in list(copied.graph.nodes):
             if node.op == "call_function" and node.target == self._record:
                 copied.graph.erase_node(node)
