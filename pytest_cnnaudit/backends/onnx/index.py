@@ -8,7 +8,7 @@ graphs they came from.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +57,21 @@ class StoredConstants(Mapping[str, np.ndarray]):
         self._values.update(values)
 
 
+def _producers_and_consumers(
+    nodes: Iterable[onnx.NodeProto],
+) -> tuple[dict[str, onnx.NodeProto], defaultdict[str, list[onnx.NodeProto]]]:
+    """Each tensor's producing node, and the nodes reading it (in graph order)."""
+    producer: dict[str, onnx.NodeProto] = {}
+    consumers: defaultdict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in nodes:
+        for name in node.output:
+            producer[name] = node
+        for name in node.input:
+            if name:
+                consumers[name].append(node)
+    return producer, consumers
+
+
 @dataclass
 class OnnxGraph:
     """Indexes over one graph's float view (producers, consumers), its constants and its quantisation."""
@@ -66,30 +81,18 @@ class OnnxGraph:
     def __post_init__(self) -> None:
         graph = self.model.graph
         self.constants = StoredConstants(list(graph.initializer))
-        self.graph_producer: dict[str, onnx.NodeProto] = {}
-        self.graph_consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+        self.graph_producer, self.graph_consumers = _producers_and_consumers(graph.node)
         for node in graph.node:
-            for name in node.output:
-                self.graph_producer[name] = node
-            for name in node.input:
-                if name:
-                    self.graph_consumers[name].append(node)
             value = constant_node_value(node) if node.op_type == "Constant" else None
             if value is not None:
                 self.constants.update({node.output[0]: value})
-        self.producer: dict[str, onnx.NodeProto] = {}
+        self.producer: dict[str, onnx.NodeProto] = {}  # the float view's, filled once it exists
         opsets = {entry.domain or "": entry.version for entry in self.model.opset_import}
         self._folder = ConstantFolder(self._any_producer, self.constants, opsets)
         view = float_view(list(graph.node), self._folder.is_constant, self.constant)
         self.constants.update(view.constants)
         self.nodes, self.clamped, self.quantised = view.nodes, view.clamped, view.quantised
-        self.consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-        for node in self.nodes:
-            for name in node.output:
-                self.producer[name] = node
-            for name in node.input:
-                if name:
-                    self.consumers[name].append(node)
+        self.producer, self.consumers = _producers_and_consumers(self.nodes)
 
     def _any_producer(self, name: str) -> onnx.NodeProto | None:
         return self.producer.get(name) or self.graph_producer.get(name)
