@@ -137,6 +137,15 @@ def folder(tmp: Path) -> Path:
 
 
 PNG_BYTES = b"\x89PNG\r\n\x1a\n" + bytes(range(200))
+
+
+def _torchscript(path: Path) -> Path:
+    import torch
+
+    torch.jit.save(torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())), str(path))
+    return path
+
+
 MODEL_CASES: dict[str, tuple[Callable[[Path], Path], str, str]] = {
     # name: (build, config YAML, expected message fragment)
     "missing file": (lambda tmp: tmp / "absent.onnx", "", "no such model file"),
@@ -179,6 +188,11 @@ MODEL_CASES: dict[str, tuple[Callable[[Path], Path], str, str]] = {
         dynamic_size,
         "models: [{path: m.onnx, input: {size: [4096, 4096]}}]\nruntime: {memory_budget_mb: 64}",
         "over runtime.memory_budget_mb 64",
+    ),
+    "torch file named .onnx": (
+        lambda tmp: _torchscript(tmp / "m.onnx"),
+        "",
+        "not an ONNX model but a zip archive, as torch.save, TorchScript and torch.export write: name it .pt",
     ),
     "empty .pt": (written("m.pt", b""), "", "not a readable torch file"),
     "random .pt": (written("m.pt", os.urandom(300)), "", "not a readable torch file"),

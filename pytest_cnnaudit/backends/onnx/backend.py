@@ -66,8 +66,22 @@ def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
             raise ModelError(f"{path}: external data file {location!r} of tensor {tensor.name!r} is missing")
 
 
+def _starts_a_zip(path: Path) -> bool:
+    """Whether the file opens with a zip entry's signature (no ModelProto can: it has no field 10)."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
 def load_onnx_model(path: Path) -> onnx.ModelProto:
     """Parse, check external data, then load it; every failure is one clear line."""
+    if _starts_a_zip(path):  # ONNX is one protobuf; torch.save, TorchScript and torch.export write zips
+        raise ModelError(
+            f"{path}: not an ONNX model but a zip archive, as torch.save, TorchScript and torch.export write: "
+            "name it .pt (state_dict, TorchScript) or .pt2 (torch.export)"
+        )
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
